@@ -1,0 +1,179 @@
+//! `tandem`: run the server, migrate the database, mint tokens.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tandem_server::config::{Config, LogFormat};
+use tandem_server::{AppState, serve};
+use tandem_store::{Store, TokenSubject};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tandem",
+    version,
+    about = "An AI and human support agents answering customers together"
+)]
+struct Cli {
+    /// A TOML configuration file (see tandem.example.toml).
+    #[arg(long, global = true, env = "TANDEM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Migrate the database and serve the API and web pages.
+    Serve,
+    /// Apply the database migrations, then exit.
+    Migrate,
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint a token and print its secret (shown once).
+    Create {
+        #[command(subcommand)]
+        subject: Subject,
+        /// A note to recognise the token by.
+        #[arg(long, global = true)]
+        label: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Subject {
+    /// The integrator's backend: may do everything.
+    Admin,
+    /// A human support agent.
+    Agent {
+        /// The name the agent replies under.
+        #[arg(long)]
+        name: String,
+    },
+    /// One end user.
+    Customer {
+        /// The integrator's id for the customer.
+        #[arg(long)]
+        customer_id: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    if cli.log_json {
+        config.log.format = LogFormat::Json;
+    }
+    init_tracing(&config)?;
+    tracing::debug!(?config, "configuration");
+
+    match cli.command {
+        Command::Serve => run_server(config).await,
+        Command::Migrate => {
+            let store = open_store(&config).await?;
+            store.close().await;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Create { subject, label },
+        } => {
+            let store = open_store(&config).await?;
+            let subject = match subject {
+                Subject::Admin => TokenSubject::Admin,
+                Subject::Agent { name } => TokenSubject::Agent { name },
+                Subject::Customer { customer_id } => TokenSubject::Customer { customer_id },
+            };
+            let minted = store.create_token(subject, label).await?;
+            store.close().await;
+            println!("{}", minted.secret);
+            Ok(())
+        }
+    }
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let store = Store::connect(&config.database).await.with_context(|| {
+        format!(
+            "connecting to {}",
+            tandem_store::backend::redact_url(&config.database.url)
+        )
+    })?;
+    store.migrate().await.context("migrating the database")?;
+    Ok(store)
+}
+
+async fn run_server(config: Config) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    if let Some(minted) = store.bootstrap_admin().await? {
+        // Printed, not logged: log pipelines keep what they see.
+        println!("First start: an admin token was created. It is shown once, keep it safe:");
+        println!();
+        println!("    {}", minted.secret);
+        println!();
+    }
+    tracing::warn!(
+        "AI is off: no OpenAI-compatible endpoint is configured; every thread routes to humans"
+    );
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(
+        %address,
+        database = %tandem_store::backend::redact_url(&config.database.url),
+        "serving"
+    );
+    serve(listener, AppState::new(store, config), shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+fn init_tracing(config: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&config.log.filter)
+        .with_context(|| format!("log filter {:?}", config.log.filter))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! Assembles the app and serves it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use aide::axum::ApiRouter;
+use aide::openapi::{Info, OpenApi, SecurityScheme};
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::from_fn_with_state;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::AppState;
+use crate::api;
+use crate::http::{ApiError, auth, metrics};
+
+/// The whole HTTP surface: `/v1` (authenticated), operations, the OpenAPI
+/// document and the web pages.
+pub fn build_app(state: AppState) -> Router {
+    let mut openapi = OpenApi {
+        info: Info {
+            title: "Tandem".into(),
+            description: Some(
+                "Threads and messages where an AI and human support agents answer customers together."
+                    .into(),
+            ),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Info::default()
+        },
+        ..OpenApi::default()
+    };
+    let authenticated =
+        api::v1_router().route_layer(from_fn_with_state(state.clone(), auth::authenticate));
+    let router = ApiRouter::new()
+        .merge(authenticated)
+        .merge(api::ops::router())
+        .finish_api(&mut openapi);
+    openapi
+        .components
+        .get_or_insert_default()
+        .security_schemes
+        .insert(
+            "bearer".into(),
+            aide::openapi::ReferenceOr::Item(SecurityScheme::Http {
+                scheme: "bearer".into(),
+                bearer_format: Some("tdm_…".into()),
+                description: Some("An admin, agent or customer token.".into()),
+                extensions: Default::default(),
+            }),
+        );
+    let openapi = Arc::new(openapi);
+
+    let x_request_id = axum::http::HeaderName::from_static("x-request-id");
+    router
+        .route(
+            "/openapi.json",
+            get(move || {
+                let openapi = openapi.clone();
+                async move { axum::Json(openapi) }
+            }),
+        )
+        .route("/", get(|| async { axum::response::Redirect::to("/chat") }))
+        .route(
+            "/chat",
+            get(|| async { Html(include_str!("../../../web/chat/index.html")) }),
+        )
+        .route(
+            "/inbox",
+            get(|| async { Html(include_str!("../../../web/inbox/index.html")) }),
+        )
+        .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .route_layer(from_fn_with_state(state.clone(), metrics::track))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    // Only the method, path and request id: never headers
+                    // (tokens) or query strings.
+                    let id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        request_id = %id,
+                    )
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+        )
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+        .layer(CatchPanicLayer::custom(|_| -> Response {
+            ApiError::Internal("handler panicked".into()).into_response()
+        }))
+        .with_state(state)
+}
+
+/// Serves the app on `listener` until `shutdown` resolves, then lets the
+/// requests in flight finish and closes the store.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let store = state.store.clone();
+    let app = build_app(state);
+    let listener = listener.tap_io(|tcp| {
+        // Small JSON answers must not wait on Nagle's algorithm.
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+    store.close().await;
+    Ok(())
+}

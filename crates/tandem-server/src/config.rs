@@ -1,0 +1,154 @@
+//! The server's configuration: defaults, then an optional TOML file, then the
+//! environment (`TANDEM_…` with `__` between levels, and `DATABASE_URL`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use tandem_store::DatabaseOptions;
+
+/// Everything the server can be told. `Debug` never shows a secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    pub database: DatabaseOptions,
+    pub limits: Limits,
+    pub rate_limits: RateLimitConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database: DatabaseOptions::default(),
+            limits: Limits::default(),
+            rate_limits: RateLimitConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Sizes the API accepts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body, in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// Most characters of text in one message.
+    pub max_message_chars: usize,
+    /// Most content parts in one message.
+    pub max_message_parts: usize,
+    /// Largest `metadata` object, in bytes of JSON.
+    pub max_metadata_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            max_message_chars: 32_000,
+            max_message_parts: 64,
+            max_metadata_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Requests allowed per token kind; `per_second = 0` turns a limit off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub admin: Quota,
+    pub agent: Quota,
+    pub customer: Quota,
+    /// Requests without a valid token, per client address.
+    pub anonymous: Quota,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            admin: Quota {
+                per_second: 2_000,
+                burst: 4_000,
+            },
+            agent: Quota {
+                per_second: 50,
+                burst: 200,
+            },
+            customer: Quota {
+                per_second: 10,
+                burst: 40,
+            },
+            anonymous: Quota {
+                per_second: 5,
+                burst: 20,
+            },
+        }
+    }
+}
+
+/// A token bucket: `burst` requests at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `tandem_server=debug,info`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// Defaults, then `file` (when given), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(Box::new(figment::Error::from(format!(
+                    "config file {} does not exist",
+                    file.display()
+                ))));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment
+            .merge(
+                Env::prefixed("TANDEM_")
+                    .ignore(&["config", "test_database_url"])
+                    .split("__"),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "database.url".into()),
+            );
+        figment.extract().map_err(Box::new)
+    }
+}

@@ -1,0 +1,11 @@
+//! What every route shares.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod rate_limit;
+
+pub use auth::Principal;
+pub use error::ApiError;
+pub use extract::{ApiJson, ApiQuery, Created, IdempotencyHeader};

@@ -1,0 +1,133 @@
+//! Bearer-token authentication and the caller's identity.
+//!
+//! The middleware resolves the token once per request, applies the rate limit
+//! of the token's kind (or of the client address when there is no valid
+//! token), and leaves a [`Principal`] in the request for handlers to extract.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use aide::generate::GenContext;
+use aide::openapi::Operation;
+use aide::operation::OperationInput;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tandem_store::{Token, TokenId, TokenKind};
+
+use super::ApiError;
+use crate::AppState;
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The integrator's backend: may do everything.
+    Admin { token: TokenId },
+    /// A human support agent, replying under `name`.
+    Agent { token: TokenId, name: String },
+    /// One end user, who sees only their own threads.
+    Customer { token: TokenId, customer_id: String },
+}
+
+impl Principal {
+    pub fn token_id(&self) -> TokenId {
+        match self {
+            Self::Admin { token } | Self::Agent { token, .. } | Self::Customer { token, .. } => {
+                *token
+            }
+        }
+    }
+
+    pub fn kind(&self) -> TokenKind {
+        match self {
+            Self::Admin { .. } => TokenKind::Admin,
+            Self::Agent { .. } => TokenKind::Agent,
+            Self::Customer { .. } => TokenKind::Customer,
+        }
+    }
+
+    /// The customer a customer token is limited to; `None` for staff.
+    pub fn customer_scope(&self) -> Option<&str> {
+        match self {
+            Self::Customer { customer_id, .. } => Some(customer_id),
+            _ => None,
+        }
+    }
+
+    fn from_token(token: Token) -> Option<Self> {
+        Some(match token.kind {
+            TokenKind::Admin => Self::Admin { token: token.id },
+            TokenKind::Agent => Self::Agent {
+                token: token.id,
+                name: token.agent_name?,
+            },
+            TokenKind::Customer => Self::Customer {
+                token: token.id,
+                customer_id: token.customer_id?,
+            },
+        })
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+impl OperationInput for Principal {
+    fn operation_input(_ctx: &mut GenContext, operation: &mut Operation) {
+        let requirement = [("bearer".to_owned(), Vec::new())].into_iter().collect();
+        if !operation.security.contains(&requirement) {
+            operation.security.push(requirement);
+        }
+    }
+}
+
+/// Middleware for every authenticated route.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let secret = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, secret) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| secret.trim())
+        });
+    let token = match secret {
+        Some(secret) => match state.store.authenticate(secret).await {
+            Ok(token) => token,
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+        None => None,
+    };
+    let Some(principal) = token.and_then(Principal::from_token) else {
+        if let Err(retry_after) = state.rate_limits.check_anonymous(client) {
+            state.metrics.rate_limited("anonymous");
+            return ApiError::RateLimited { retry_after }.into_response();
+        }
+        return ApiError::Unauthorized.into_response();
+    };
+    if let Err(retry_after) = state.rate_limits.check_token(&principal) {
+        state.metrics.rate_limited(principal.kind().as_str());
+        return ApiError::RateLimited { retry_after }.into_response();
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}

@@ -1,0 +1,21 @@
+//! Tandem's HTTP server.
+//!
+//! - [`config`]: the one typed configuration (defaults, a TOML file, the environment).
+//! - [`app`]: builds the router from its parts and serves it on a listener until
+//!   a shutdown signal, finishing the requests in flight.
+//! - [`api`]: one module per resource (threads, messages) plus operations
+//!   (health, readiness, metrics, the OpenAPI document).
+//! - [`http`]: what every route shares: the error type and its one mapping to
+//!   HTTP, extractors that keep bad input in that format, authentication,
+//!   rate limits and request metrics.
+//! - [`state`]: the small bundle of handles each request gets.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod state;
+
+pub use app::{build_app, serve};
+pub use config::Config;
+pub use state::AppState;

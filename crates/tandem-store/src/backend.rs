@@ -1,0 +1,302 @@
+//! Connecting to either backend, migrating it, and the one write path.
+//!
+//! Every change goes through [`Store::write`] as a *job*: an async function of a
+//! [`Tx`] that may run its statements and return a value. On PostgreSQL a job
+//! is one transaction, retried in one place on serialization failures. On
+//! SQLite, jobs are handed to a single writer task that commits the jobs of
+//! concurrent callers together (group commit), each inside its own savepoint,
+//! and answers each caller only after the commit is durable.
+
+mod sqlite_writer;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, PgConnection, SqliteConnection};
+
+use crate::StoreError;
+use sqlite_writer::SqliteWriter;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// How SQLite makes a commit durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Every commit is fsync'd before it is acknowledged: an acknowledged
+    /// write survives a power loss. The default.
+    #[default]
+    Full,
+    /// Commits survive a crash of the process, but the last few may be lost
+    /// on a power loss or an OS crash.
+    Normal,
+}
+
+/// Where the store lives and how it is sized.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseOptions {
+    /// `sqlite://path` (or a bare path) or `postgres://…`.
+    pub url: String,
+    /// Connections in the pool (readers on SQLite; all queries on PostgreSQL).
+    pub max_connections: u32,
+    /// PostgreSQL only: the schema to use instead of `public`.
+    pub schema: Option<String>,
+    /// SQLite only.
+    pub synchronous: Synchronous,
+    /// SQLite only: the most writes committed together in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for DatabaseOptions {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://tandem.db".to_owned(),
+            max_connections: 16,
+            schema: None,
+            synchronous: Synchronous::Full,
+            max_batch: 256,
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseOptions")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("schema", &self.schema)
+            .field("synchronous", &self.synchronous)
+            .field("max_batch", &self.max_batch)
+            .finish()
+    }
+}
+
+/// The URL with any password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("redacted"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Which backend a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Sqlite,
+    Postgres,
+}
+
+/// The store: cheap to clone, shared by every request.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Backend>,
+}
+
+enum Backend {
+    Sqlite {
+        readers: SqlitePool,
+        writer: SqliteWriter,
+    },
+    Postgres {
+        pool: PgPool,
+    },
+}
+
+/// A connection inside a write transaction, on either backend.
+pub enum Tx<'c> {
+    Sqlite(&'c mut SqliteConnection),
+    Postgres(&'c mut PgConnection),
+}
+
+/// A unit of work run inside one transaction. It may be run more than once
+/// (PostgreSQL retries), so it owns or clones what it needs.
+pub type Job<T> =
+    Box<dyn for<'c> Fn(Tx<'c>) -> BoxFuture<'c, Result<T, StoreError>> + Send + Sync + 'static>;
+
+/// Runs the same statement code on whichever connection a [`Tx`] holds.
+/// Inside `$body`, `$c` is `&mut SqliteConnection` or `&mut PgConnection`.
+#[macro_export]
+macro_rules! on_conn {
+    ($tx:expr, $c:ident => $body:expr) => {
+        match $tx {
+            $crate::backend::Tx::Sqlite(conn) => {
+                let $c: &mut ::sqlx::SqliteConnection = &mut **conn;
+                $body
+            }
+            $crate::backend::Tx::Postgres(conn) => {
+                let $c: &mut ::sqlx::PgConnection = &mut **conn;
+                $body
+            }
+        }
+    };
+}
+
+/// Runs the same read code on whichever pool a [`Store`] holds.
+macro_rules! on_pool {
+    ($store:expr, $p:ident => $body:expr) => {
+        match $store.pool() {
+            $crate::backend::Pool::Sqlite($p) => $body,
+            $crate::backend::Pool::Postgres($p) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// The read pool of either backend.
+pub(crate) enum Pool<'a> {
+    Sqlite(&'a SqlitePool),
+    Postgres(&'a PgPool),
+}
+
+impl Store {
+    /// Connects to the database the options name. Does not migrate.
+    pub async fn connect(options: &DatabaseOptions) -> Result<Self, StoreError> {
+        let url = options.url.trim();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let mut connect = PgConnectOptions::from_str(url)?;
+            if let Some(schema) = &options.schema {
+                connect = connect.options([("search_path", schema.as_str())]);
+            }
+            let pool = PgPoolOptions::new()
+                .max_connections(options.max_connections.max(1))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(connect)
+                .await?;
+            Backend::Postgres { pool }
+        } else {
+            let path = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .unwrap_or(url);
+            let synchronous = match options.synchronous {
+                Synchronous::Full => SqliteSynchronous::Full,
+                Synchronous::Normal => SqliteSynchronous::Normal,
+            };
+            let connect = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(synchronous)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10));
+            let readers = SqlitePoolOptions::new()
+                .max_connections(options.max_connections.max(1))
+                .connect_with(connect.clone().read_only(false))
+                .await?;
+            let writer_conn = SqliteConnection::connect_with(&connect).await?;
+            let writer = SqliteWriter::spawn(writer_conn, options.max_batch.max(1));
+            Backend::Sqlite { readers, writer }
+        };
+        Ok(Self {
+            inner: Arc::new(backend),
+        })
+    }
+
+    /// Applies any migrations not yet applied.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &*self.inner {
+            Backend::Sqlite { readers, .. } => SQLITE_MIGRATIONS.run(readers).await?,
+            Backend::Postgres { pool } => POSTGRES_MIGRATIONS.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        match &*self.inner {
+            Backend::Sqlite { .. } => BackendKind::Sqlite,
+            Backend::Postgres { .. } => BackendKind::Postgres,
+        }
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Connections open and idle in the read pool.
+    pub fn pool_stats(&self) -> PoolStats {
+        let (size, idle) = on_pool!(self, p => (p.size(), p.num_idle()));
+        PoolStats {
+            size,
+            idle: idle as u32,
+        }
+    }
+
+    /// Finishes the writes already queued, then closes every connection.
+    pub async fn close(&self) {
+        match &*self.inner {
+            Backend::Sqlite { readers, writer } => {
+                writer.shutdown().await;
+                readers.close().await;
+            }
+            Backend::Postgres { pool } => pool.close().await,
+        }
+    }
+
+    pub(crate) fn pool(&self) -> Pool<'_> {
+        match &*self.inner {
+            Backend::Sqlite { readers, .. } => Pool::Sqlite(readers),
+            Backend::Postgres { pool } => Pool::Postgres(pool),
+        }
+    }
+
+    /// Runs `job` in a write transaction and returns its value once committed.
+    pub(crate) async fn write<T: Send + 'static>(&self, job: Job<T>) -> Result<T, StoreError> {
+        match &*self.inner {
+            Backend::Sqlite { writer, .. } => writer.submit(job).await,
+            Backend::Postgres { pool } => {
+                const ATTEMPTS: u32 = 5;
+                let mut attempt = 1;
+                loop {
+                    let mut tx = pool.begin().await?;
+                    match job(Tx::Postgres(&mut tx)).await {
+                        Ok(value) => match tx.commit().await {
+                            Ok(()) => return Ok(value),
+                            Err(e) => {
+                                let e = StoreError::from(e);
+                                if !(e.is_retryable() && attempt < ATTEMPTS) {
+                                    return Err(e);
+                                }
+                            }
+                        },
+                        Err(e) => {
+                            tx.rollback().await?;
+                            if !(e.is_retryable() && attempt < ATTEMPTS) {
+                                return Err(e);
+                            }
+                        }
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Wraps a closure as a [`Job`], fixing its higher-ranked signature.
+pub(crate) fn job<T, F>(f: F) -> Job<T>
+where
+    F: for<'c> Fn(Tx<'c>) -> BoxFuture<'c, Result<T, StoreError>> + Send + Sync + 'static,
+{
+    Box::new(f)
+}
+
+/// Read-pool occupancy, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: u32,
+}

@@ -1,0 +1,23 @@
+//! Tandem's store: the record of every thread, message and token.
+//!
+//! One [`Store`] serves both backends, chosen once from the database URL:
+//! SQLite (an embedded file in WAL mode, the default) and PostgreSQL (for
+//! several server processes on one database). SQL that serves both is written
+//! once and run on either connection type through the [`on_conn!`] macro.
+//!
+//! - [`model`]: the data model and its public names (threads, messages, tokens).
+//! - [`backend`]: connecting, migrating, and the write path that every change
+//!   takes: a transaction on PostgreSQL, a group commit on SQLite.
+//! - [`queries`]: `impl Store` split by topic (threads, messages, tokens,
+//!   idempotency records).
+//! - [`error`]: [`StoreError`], whose variants the server maps to HTTP.
+
+pub mod backend;
+pub mod error;
+pub mod model;
+pub mod queries;
+
+pub use backend::{DatabaseOptions, Store, Synchronous};
+pub use error::StoreError;
+pub use model::*;
+pub use queries::idempotency::{IdempotencyKey, Written};

@@ -1,0 +1,14 @@
+//! The data model. Names and JSON shapes here are public: they are what the
+//! REST API, the WebSocket hub and the clients see.
+
+mod enums;
+mod ids;
+mod message;
+mod thread;
+mod token;
+
+pub use enums::*;
+pub use ids::*;
+pub use message::*;
+pub use thread::*;
+pub use token::*;

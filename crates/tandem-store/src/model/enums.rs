@@ -1,0 +1,150 @@
+//! The closed sets of names the model uses, stored as text on both backends.
+
+/// Declares an enum whose values are stored and sent as fixed strings.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash,
+            serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+        )]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stored and serialized name.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownName;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownName { kind: stringify!($name), name: s.to_owned() }),
+                }
+            }
+        }
+
+        impl<DB: sqlx::Database> sqlx::Type<DB> for $name
+        where
+            String: sqlx::Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <String as sqlx::Type<DB>>::type_info()
+            }
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <String as sqlx::Type<DB>>::compatible(ty)
+            }
+        }
+
+        impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for $name
+        where
+            &'q str: sqlx::Encode<'q, DB>,
+        {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <DB as sqlx::Database>::ArgumentBuffer<'q>,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<'q, DB>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for $name
+        where
+            &'r str: sqlx::Decode<'r, DB>,
+        {
+            fn decode(
+                value: <DB as sqlx::Database>::ValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                let text = <&str as sqlx::Decode<'r, DB>>::decode(value)?;
+                Ok(text.parse()?)
+            }
+        }
+    };
+}
+
+/// A stored name that is not one of the enum's values.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {kind} {name:?}")]
+pub struct UnknownName {
+    kind: &'static str,
+    name: String,
+}
+
+text_enum! {
+    /// Where a thread stands.
+    pub enum ThreadStatus {
+        Open = "open",
+        WaitingOnHuman = "waiting_on_human",
+        Closed = "closed",
+    }
+}
+
+text_enum! {
+    /// Who answers a thread next: the AI, a human, or whoever the router picks.
+    pub enum AssignedTo {
+        Ai = "ai",
+        Human = "human",
+        Unassigned = "unassigned",
+    }
+}
+
+text_enum! {
+    /// A message's role, as chat models know it.
+    pub enum Role {
+        User = "user",
+        Assistant = "assistant",
+        Tool = "tool",
+        System = "system",
+    }
+}
+
+text_enum! {
+    /// What kind of party wrote a message.
+    pub enum AuthorKind {
+        Customer = "customer",
+        Ai = "ai",
+        Human = "human",
+        System = "system",
+    }
+}
+
+text_enum! {
+    /// Who may see a message: `internal` messages never reach a customer.
+    pub enum Visibility {
+        Public = "public",
+        Internal = "internal",
+    }
+}
+
+text_enum! {
+    /// Where a message stands in the approval flow.
+    pub enum MessageStatus {
+        Published = "published",
+        PendingApproval = "pending_approval",
+        Approved = "approved",
+        Rejected = "rejected",
+    }
+}
+
+text_enum! {
+    /// The kind of party an API token speaks for.
+    pub enum TokenKind {
+        Admin = "admin",
+        Agent = "agent",
+        Customer = "customer",
+    }
+}

@@ -1,0 +1,129 @@
+//! Messages: what customers, the AI, human agents and tools said in a thread.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{AuthorKind, MessageId, MessageStatus, Role, ThreadId, Visibility};
+
+/// One message of a thread, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Message {
+    pub id: MessageId,
+    pub thread_id: ThreadId,
+    /// Position in the thread: strictly increasing, gapless in commit order.
+    pub seq: i64,
+    pub role: Role,
+    /// The AI agent's or the human's name; null for the customer.
+    pub agent_name: Option<String>,
+    pub author: Author,
+    pub content: Content,
+    pub visibility: Visibility,
+    pub status: MessageStatus,
+    /// `provider` (`"human"` for people, the model for the AI),
+    /// `providerMetadata`, usage, confidence, routing decision, and the
+    /// integrator's own keys.
+    pub metadata: Value,
+    /// The prompt message this one answers.
+    pub reply_to: Option<MessageId>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Message {
+    /// Whether a customer may ever see this message.
+    pub fn is_customer_visible(&self) -> bool {
+        self.visibility == Visibility::Public && self.status == MessageStatus::Published
+    }
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Author {
+    pub kind: AuthorKind,
+    /// The customer's id, the human agent's name, the AI agent's name.
+    pub id: Option<String>,
+}
+
+/// A message's content: plain text, or a list of parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+impl Content {
+    /// The text parts, joined by newlines.
+    pub fn text(&self) -> String {
+        match self {
+            Content::Text(text) => text.clone(),
+            Content::Parts(parts) => parts
+                .iter()
+                .filter_map(|part| match part {
+                    Part::Text { text } => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    pub fn parts(&self) -> &[Part] {
+        match self {
+            Content::Text(_) => &[],
+            Content::Parts(parts) => parts,
+        }
+    }
+}
+
+/// One part of a message's content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Part {
+    Text {
+        text: String,
+    },
+    /// The AI asks for a tool to run.
+    ToolCall {
+        /// The model's id for this call; a `tool_result` answers it by this id.
+        id: String,
+        name: String,
+        arguments: Value,
+    },
+    /// The outcome of a tool call.
+    ToolResult {
+        tool_call_id: String,
+        name: String,
+        result: Value,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        is_error: bool,
+    },
+}
+
+/// A message to store, already checked against the caller's permissions.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub thread_id: ThreadId,
+    pub role: Role,
+    pub agent_name: Option<String>,
+    pub author: Author,
+    pub content: Content,
+    pub visibility: Visibility,
+    pub status: MessageStatus,
+    pub metadata: Value,
+    pub reply_to: Option<MessageId>,
+    /// When set, the thread must belong to this customer, and `reply_to`
+    /// must be a message the customer can see.
+    pub customer_scope: Option<String>,
+}
+
+/// Which messages of a thread to list, in `seq` order.
+#[derive(Debug, Clone)]
+pub struct MessageFilter {
+    pub after_seq: i64,
+    pub limit: u32,
+    /// Only public, published messages.
+    pub customer_view: bool,
+}

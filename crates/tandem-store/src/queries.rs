@@ -1,0 +1,14 @@
+//! `impl Store`, split by topic.
+
+pub mod idempotency;
+pub mod messages;
+pub mod threads;
+pub mod tokens;
+
+use chrono::{DateTime, SubsecRound, Utc};
+
+/// Now, at the microsecond precision both backends store, so a value read
+/// back equals the value written.
+pub(crate) fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}

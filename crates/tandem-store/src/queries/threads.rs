@@ -1,0 +1,143 @@
+//! Threads: create, read, list, update.
+
+use serde_json::Value;
+use sqlx::types::Json;
+
+use super::idempotency::{self, IdempotencyKey, Written};
+use crate::backend::{job, on_pool};
+use crate::{
+    AssignedTo, NewThread, Store, StoreError, Thread, ThreadFilter, ThreadId, ThreadPatch,
+    ThreadStatus, on_conn,
+};
+
+pub(crate) const THREAD_COLUMNS: &str = "id, customer_id, title, status, assigned_to, assignee, \
+     metadata, last_seq, created_at, updated_at";
+
+impl Store {
+    /// Creates a thread (once per idempotency key).
+    pub async fn create_thread(
+        &self,
+        new: NewThread,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Written<Thread>, StoreError> {
+        self.write(job(move |mut tx| {
+            let new = new.clone();
+            let idempotency = idempotency.clone();
+            Box::pin(async move {
+                if let Some(key) = &idempotency
+                    && let Some(previous) = idempotency::claim(&mut tx, key).await?
+                {
+                    return Ok(previous);
+                }
+                let now = super::now();
+                let thread = Thread {
+                    id: ThreadId::new(),
+                    customer_id: new.customer_id,
+                    title: new.title,
+                    status: ThreadStatus::Open,
+                    assigned_to: AssignedTo::Unassigned,
+                    assignee: None,
+                    metadata: new.metadata,
+                    last_seq: 0,
+                    created_at: now,
+                    updated_at: now,
+                };
+                on_conn!(&mut tx, c => sqlx::query(
+                    "INSERT INTO threads (id, customer_id, title, status, assigned_to, assignee,
+                                          metadata, last_seq, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(thread.id)
+                .bind(&thread.customer_id)
+                .bind(&thread.title)
+                .bind(thread.status)
+                .bind(thread.assigned_to)
+                .bind(&thread.assignee)
+                .bind(Json(&thread.metadata))
+                .bind(thread.last_seq)
+                .bind(thread.created_at)
+                .bind(thread.updated_at)
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected()))?;
+                if let Some(key) = &idempotency {
+                    idempotency::complete(&mut tx, key, 201, &thread).await?;
+                }
+                Ok(Written::fresh(thread))
+            })
+        }))
+        .await
+    }
+
+    /// A thread by id; with `customer_scope`, only if it is that customer's.
+    pub async fn get_thread(
+        &self,
+        id: ThreadId,
+        customer_scope: Option<&str>,
+    ) -> Result<Option<Thread>, StoreError> {
+        let sql = format!(
+            "SELECT {THREAD_COLUMNS} FROM threads WHERE id = $1 AND ($2 IS NULL OR customer_id = $2)"
+        );
+        Ok(on_pool!(self, p => sqlx::query_as::<_, Thread>(&sql)
+            .bind(id)
+            .bind(customer_scope)
+            .fetch_optional(p)
+            .await)?)
+    }
+
+    /// Threads matching the filter, newest first.
+    pub async fn list_threads(&self, filter: &ThreadFilter) -> Result<Vec<Thread>, StoreError> {
+        let sql = format!(
+            "SELECT {THREAD_COLUMNS} FROM threads
+             WHERE ($1 IS NULL OR customer_id = $1)
+               AND ($2 IS NULL OR status = $2)
+               AND ($3 IS NULL OR assigned_to = $3)
+               AND ($4 IS NULL OR id < $4)
+             ORDER BY id DESC
+             LIMIT $5"
+        );
+        Ok(on_pool!(self, p => sqlx::query_as::<_, Thread>(&sql)
+            .bind(filter.customer_id.as_deref())
+            .bind(filter.status)
+            .bind(filter.assigned_to)
+            .bind(filter.before)
+            .bind(i64::from(filter.limit))
+            .fetch_all(p)
+            .await)?)
+    }
+
+    /// Changes a thread's title, status or metadata.
+    pub async fn update_thread(
+        &self,
+        id: ThreadId,
+        patch: ThreadPatch,
+    ) -> Result<Thread, StoreError> {
+        let sql = format!(
+            "UPDATE threads SET
+                 title = CASE WHEN $2 THEN $3 ELSE title END,
+                 status = COALESCE($4, status),
+                 metadata = COALESCE($5, metadata),
+                 updated_at = $6
+             WHERE id = $1
+             RETURNING {THREAD_COLUMNS}"
+        );
+        self.write(job(move |mut tx| {
+            let patch = patch.clone();
+            let sql = sql.clone();
+            Box::pin(async move {
+                let metadata: Option<Json<Value>> = patch.metadata.map(Json);
+                let updated = on_conn!(&mut tx, c => sqlx::query_as::<_, Thread>(&sql)
+                    .bind(id)
+                    .bind(patch.title.is_some())
+                    .bind(patch.title.flatten())
+                    .bind(patch.status)
+                    .bind(metadata)
+                    .bind(super::now())
+                    .fetch_optional(c)
+                    .await)?;
+                updated.ok_or(StoreError::NotFound("thread"))
+            })
+        }))
+        .await
+    }
+}

@@ -1,0 +1,115 @@
+//! API tokens: mint, authenticate, and the first admin token.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::backend::{Tx, job, on_pool};
+use crate::{MintedToken, Store, StoreError, Token, TokenId, TokenKind, TokenSubject, on_conn};
+
+/// Every secret starts with this, so a leaked one is easy to recognise.
+const SECRET_PREFIX: &str = "tdm_";
+
+const TOKEN_COLUMNS: &str = "id, kind, agent_name, customer_id, label, created_at";
+
+/// The stored form of a secret. Secrets are 256 random bits, so a plain
+/// SHA-256 is enough: there is nothing to brute-force.
+fn hash_secret(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Store {
+    /// Mints a token; the returned secret is the only copy.
+    pub async fn create_token(
+        &self,
+        subject: TokenSubject,
+        label: Option<String>,
+    ) -> Result<MintedToken, StoreError> {
+        self.write(job(move |mut tx| {
+            let subject = subject.clone();
+            let label = label.clone();
+            Box::pin(async move { insert_token(&mut tx, subject, label).await })
+        }))
+        .await
+    }
+
+    /// Mints the first admin token, exactly once per database, however many
+    /// servers start at the same moment. `None` when it was minted before.
+    pub async fn bootstrap_admin(&self) -> Result<Option<MintedToken>, StoreError> {
+        self.write(job(|mut tx| {
+            Box::pin(async move {
+                let first = on_conn!(&mut tx, c => sqlx::query(
+                    "INSERT INTO instance_facts (name, created_at) VALUES ('admin_token_issued', $1)
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(super::now())
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected()))?;
+                if first == 0 {
+                    return Ok(None);
+                }
+                let label = Some("first admin token".to_owned());
+                Ok(Some(
+                    insert_token(&mut tx, TokenSubject::Admin, label).await?,
+                ))
+            })
+        }))
+        .await
+    }
+
+    /// The live token this secret belongs to, if any.
+    pub async fn authenticate(&self, secret: &str) -> Result<Option<Token>, StoreError> {
+        if !secret.starts_with(SECRET_PREFIX) {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_hash = $1 AND revoked_at IS NULL"
+        );
+        let hash = hash_secret(secret);
+        Ok(on_pool!(self, p => sqlx::query_as::<_, Token>(&sql)
+            .bind(&hash)
+            .fetch_optional(p)
+            .await)?)
+    }
+}
+
+async fn insert_token(
+    tx: &mut Tx<'_>,
+    subject: TokenSubject,
+    label: Option<String>,
+) -> Result<MintedToken, StoreError> {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = format!("{SECRET_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+    let (kind, agent_name, customer_id) = match subject {
+        TokenSubject::Admin => (TokenKind::Admin, None, None),
+        TokenSubject::Agent { name } => (TokenKind::Agent, Some(name), None),
+        TokenSubject::Customer { customer_id } => (TokenKind::Customer, None, Some(customer_id)),
+    };
+    let token = Token {
+        id: TokenId::new(),
+        kind,
+        agent_name,
+        customer_id,
+        label,
+        created_at: super::now(),
+    };
+    on_conn!(tx, c => sqlx::query(
+        "INSERT INTO tokens (id, kind, secret_hash, agent_name, customer_id, label, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(token.id)
+    .bind(token.kind)
+    .bind(hash_secret(&secret))
+    .bind(&token.agent_name)
+    .bind(&token.customer_id)
+    .bind(&token.label)
+    .bind(token.created_at)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(MintedToken { token, secret })
+}
