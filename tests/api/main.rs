@@ -1,1 +1,9 @@
+//! Integration tests through HTTP on loopback. The same tests run on SQLite
+//! (default) and on PostgreSQL (`TANDEM_TEST_DATABASE_URL=postgres://…`).
 
+mod auth;
+mod bad_input;
+mod idempotency;
+mod messages;
+mod operations;
+mod threads;

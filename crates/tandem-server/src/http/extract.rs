@@ -60,8 +60,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
+        // Some shape mismatches surface as syntax errors (e.g. an array where
+        // an object is expected); only JSON that does not parse is malformed.
+        let well_formed = serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
         match inner.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+                if !well_formed =>
+            {
                 ApiError::bad_request("malformed_json", format!("malformed JSON: {inner}"))
             }
             _ if path == "." => ApiError::bad_request("invalid_body", inner.to_string()),

@@ -1,0 +1,259 @@
+//! Who may do what: 401 without a valid token, 404 for other customers'
+//! threads, 400 for fields a customer may not set, agents as themselves only.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tandem_tests::TestServer;
+
+#[tokio::test]
+async fn a_customer_cannot_see_or_touch_another_customers_thread() {
+    let server = TestServer::start().await;
+    let alice = server.customer("alice").await;
+    let mallory = server.customer("mallory").await;
+    let thread = server.thread_for("alice").await;
+    server
+        .post(
+            &format!("/v1/threads/{thread}/messages"),
+            &alice,
+            json!({"content": "private"}),
+        )
+        .await;
+
+    server
+        .get(&format!("/v1/threads/{thread}"), &mallory)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    server
+        .get(&format!("/v1/threads/{thread}/messages"), &mallory)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    server
+        .post(
+            &format!("/v1/threads/{thread}/messages"),
+            &mallory,
+            json!({"content": "hi"}),
+        )
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    server
+        .patch(
+            &format!("/v1/threads/{thread}"),
+            &mallory,
+            json!({"title": "x"}),
+        )
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    // The same answer as for a thread that does not exist at all.
+    let missing = server
+        .get("/v1/threads/01930000-0000-7000-8000-000000000000", &mallory)
+        .await;
+    missing.assert_error(StatusCode::NOT_FOUND, "not_found");
+
+    let listed = server.get("/v1/threads", &mallory).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert_eq!(listed.body["threads"], json!([]));
+    server
+        .get("/v1/threads?customer_id=alice", &mallory)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "field_not_allowed");
+
+    // Alice's thread is untouched.
+    assert_eq!(server.messages(&thread, &server.admin).await.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_customer_may_not_set_what_the_server_decides() {
+    let server = TestServer::start().await;
+    let alice = server.customer("alice").await;
+    let thread = server.thread_for("alice").await;
+    let path = format!("/v1/threads/{thread}/messages");
+    let forged = [
+        ("role", json!({"content": "x", "role": "assistant"})),
+        ("role", json!({"content": "x", "role": "user"})),
+        (
+            "agent_name",
+            json!({"content": "x", "agent_name": "Support"}),
+        ),
+        (
+            "author",
+            json!({"content": "x", "author": {"kind": "human", "id": "Sam"}}),
+        ),
+        (
+            "visibility",
+            json!({"content": "x", "visibility": "internal"}),
+        ),
+        ("status", json!({"content": "x", "status": "approved"})),
+        (
+            "metadata.provider",
+            json!({"content": "x", "metadata": {"provider": "human"}}),
+        ),
+        (
+            "metadata.providerMetadata",
+            json!({"content": "x", "metadata": {"providerMetadata": {}}}),
+        ),
+    ];
+    for (field, body) in forged {
+        let response = server.post(&path, &alice, body).await;
+        response.assert_error(StatusCode::BAD_REQUEST, "field_not_allowed");
+        assert!(
+            response.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(field),
+            "the message names `{field}`: {}",
+            response.text
+        );
+    }
+    server
+        .post(
+            &path,
+            &alice,
+            json!({"content": [{"type": "tool_result", "tool_call_id": "c", "name": "n", "result": 1}]}),
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "part_not_allowed");
+    server
+        .post("/v1/threads", &alice, json!({"customer_id": "bob"}))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "field_not_allowed");
+    server
+        .post("/v1/threads", &alice, json!({"metadata": {"vip": true}}))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "field_not_allowed");
+    assert!(
+        server.messages(&thread, &server.admin).await.is_empty(),
+        "nothing stored"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_posts_as_itself_only() {
+    let server = TestServer::start().await;
+    let sam = server.agent("Sam").await;
+    let thread = server.thread_for("bob").await;
+    let path = format!("/v1/threads/{thread}/messages");
+
+    server
+        .post(&path, &sam, json!({"content": "x", "agent_name": "Kim"}))
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "not_yourself");
+    server
+        .post(
+            &path,
+            &sam,
+            json!({"content": "x", "author": {"kind": "human", "id": "Kim"}}),
+        )
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "not_yourself");
+    server
+        .post(
+            &path,
+            &sam,
+            json!({"content": "x", "author": {"kind": "ai", "id": "Sam"}}),
+        )
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "not_yourself");
+    server
+        .post(
+            &path,
+            &sam,
+            json!({"content": "x", "metadata": {"provider": "gpt-4o"}}),
+        )
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "not_yourself");
+    server
+        .post(&path, &sam, json!({"content": "x", "role": "user"}))
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "role_not_allowed");
+    server
+        .post(&path, &sam, json!({"content": "x", "role": "system"}))
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "role_not_allowed");
+    server
+        .post(
+            &path,
+            &sam,
+            json!({"content": "x", "status": "pending_approval"}),
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "field_not_allowed");
+    assert!(server.messages(&thread, &server.admin).await.is_empty());
+
+    let own = server
+        .post(&path, &sam, json!({"content": "x", "agent_name": "Sam"}))
+        .await;
+    assert_eq!(own.status, StatusCode::CREATED, "{}", own.text);
+    assert_eq!(own.body["agent_name"], "Sam");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn missing_wrong_or_malformed_tokens_get_401() {
+    let server = TestServer::start().await;
+    let thread = server.thread_for("alice").await;
+    let routes = [
+        (Method::GET, "/v1/threads".to_owned()),
+        (Method::POST, "/v1/threads".to_owned()),
+        (Method::GET, format!("/v1/threads/{thread}")),
+        (Method::PATCH, format!("/v1/threads/{thread}")),
+        (Method::GET, format!("/v1/threads/{thread}/messages")),
+        (Method::POST, format!("/v1/threads/{thread}/messages")),
+    ];
+    let wrong = format!("tdm_{}", "A".repeat(43));
+    for (method, path) in routes {
+        for token in [None, Some(wrong.as_str()), Some("not-a-token"), Some("")] {
+            let response = server
+                .call(method.clone(), &path, token, Some(json!({"content": "x"})))
+                .await;
+            response.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+            assert_eq!(response.headers["www-authenticate"], "Bearer");
+        }
+    }
+    // A Basic header is not a bearer token.
+    let basic = server
+        .client
+        .get(format!("{}/v1/threads", server.url))
+        .basic_auth("admin", Some(&server.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
+    assert!(server.messages(&thread, &server.admin).await.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_are_stored_hashed() {
+    let server = TestServer::start().await;
+    let secret = server.agent("Sam").await;
+    let hashes = server
+        .db
+        .query_strings("SELECT secret_hash FROM tokens")
+        .await;
+    assert_eq!(hashes.len(), 2, "the admin and the agent");
+    for hash in &hashes {
+        assert_eq!(hash.len(), 64, "a hex SHA-256");
+        assert!(
+            !hash.contains(&secret[4..]),
+            "no part of a secret is stored"
+        );
+        assert!(!hash.contains(&server.admin[4..]));
+    }
+    let everything = server
+        .db
+        .query_strings(
+            "SELECT COALESCE(secret_hash, '') || COALESCE(agent_name, '') || COALESCE(label, '') FROM tokens",
+        )
+        .await
+        .join(" ");
+    assert!(!everything.contains(&secret));
+    assert!(!everything.contains(&server.admin));
+    // And the secret still works.
+    assert_eq!(
+        server.get("/v1/threads", &secret).await.status,
+        StatusCode::OK
+    );
+    server.stop().await;
+}
