@@ -163,8 +163,10 @@ impl TestServer {
     /// A server whose configuration `configure` adjusts.
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
         let db = TestDb::fresh().await;
-        let mut config = Config::default();
-        config.database = db.options();
+        let mut config = Config {
+            database: db.options(),
+            ..Config::default()
+        };
         // Tests are fast clients; the rate-limit tests set their own quotas.
         config.rate_limits.admin.per_second = 0;
         config.rate_limits.agent.per_second = 0;
