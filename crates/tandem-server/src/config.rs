@@ -152,3 +152,54 @@ impl Config {
         figment.extract().map_err(Box::new)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn environment_overrides_file_overrides_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "tandem.toml",
+                r#"
+                listen = "0.0.0.0:9000"
+                [limits]
+                max_body_bytes = 1000
+                [rate_limits.customer]
+                per_second = 3
+                burst = 6
+                "#,
+            )?;
+            jail.set_env("TANDEM_LIMITS__MAX_BODY_BYTES", "2000");
+            jail.set_env("DATABASE_URL", "postgres://tandem:hunter2@db/tandem");
+            let config = Config::load(Some(Path::new("tandem.toml"))).map_err(|e| *e)?;
+            assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
+            assert_eq!(config.limits.max_body_bytes, 2000, "environment wins");
+            assert_eq!(
+                config.limits.max_message_chars, 32_000,
+                "defaults fill the rest"
+            );
+            assert_eq!(config.rate_limits.customer.per_second, 3);
+            assert_eq!(config.database.url, "postgres://tandem:hunter2@db/tandem");
+            let shown = format!("{config:?}");
+            assert!(!shown.contains("hunter2"), "secrets are redacted: {shown}");
+            assert!(shown.contains("redacted"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_files_are_errors() {
+        Jail::expect_with(|jail| {
+            jail.create_file("typo.toml", "[limits]\nmax_body = 5\n")?;
+            assert!(Config::load(Some(Path::new("typo.toml"))).is_err());
+            assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
+            // The suite's own variable does not trip the server's config.
+            jail.set_env("TANDEM_TEST_DATABASE_URL", "postgres://x");
+            assert!(Config::load(None).is_ok());
+            Ok(())
+        });
+    }
+}

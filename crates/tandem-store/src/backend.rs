@@ -193,7 +193,7 @@ impl Store {
                 .busy_timeout(Duration::from_secs(10));
             let readers = SqlitePoolOptions::new()
                 .max_connections(options.max_connections.max(1))
-                .connect_with(connect.clone().read_only(false))
+                .connect_with(connect.clone())
                 .await?;
             let writer_conn = SqliteConnection::connect_with(&connect).await?;
             let writer = SqliteWriter::spawn(writer_conn, options.max_batch.max(1));
