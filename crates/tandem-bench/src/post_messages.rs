@@ -1,1 +1,757 @@
-fn main() {}
+//! `post-messages`: how many messages Tandem accepts over HTTP, and how fast
+//! it answers, when every message is committed before its `201 Created`.
+//!
+//! The benchmark creates `--threads` threads (100), then runs `--clients`
+//! concurrent clients (64) for `--warmup-secs` (2) + `--duration-secs` (10).
+//! Each client owns one keep-alive HTTP/1.1 connection and posts, one request
+//! at a time, `POST /v1/threads/{id}/messages` with a short text body, taking
+//! the threads round-robin from a counter shared by all clients.
+//!
+//! - *messages/s*: the 201s completed inside the measured window (after the
+//!   warm-up), divided by its length.
+//! - *latency*: of those same requests, from sending the request to reading
+//!   the whole answer, in an HDR histogram (p50, p90, p99, max). The clients
+//!   run a closed loop (a slow answer delays that client's next request), so
+//!   these are the latencies the clients saw at the throughput they reached.
+//! - *errors*: any answer other than 201, or a request that failed. One error
+//!   makes the run exit non-zero, and so does a number of stored messages
+//!   (read back over the API at the end, warm-up included) that differs from
+//!   the number of 201s received.
+//!
+//! By default the real server runs in this process, with its default
+//! configuration except for the admin rate limit (raised so that the limiter
+//! is not what is measured), on a fresh store: a SQLite file in a new
+//! temporary directory (`synchronous=FULL` with group commit unless
+//! `--sqlite-synchronous normal`), or a new PostgreSQL schema that the
+//! benchmark creates and drops. The clients share the machine and the tokio
+//! runtime with the server: the figures are for server and load generator
+//! together on that machine. With `--url` and `--token` the clients load an
+//! already running server instead (it needs an admin token; the benchmark
+//! leaves its threads and messages there).
+//!
+//! ```text
+//! cargo build --release -p tandem-bench
+//! target/release/post-messages --backend sqlite
+//! target/release/post-messages --backend postgres \
+//!     --database-url postgres://postgres@127.0.0.1:5432/test
+//! target/release/post-messages --url http://127.0.0.1:8080 --token tdm_…
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Parser, ValueEnum};
+use futures::{StreamExt, TryStreamExt};
+use hdrhistogram::Histogram;
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tandem_server::config::Quota;
+use tandem_server::{AppState, Config};
+use tandem_store::{Store, Synchronous, TokenSubject};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The text every benchmark message carries (about the size of a chat line).
+const MESSAGE_TEXT: &str = "Hello! I ordered a blue jacket last week and it has not arrived yet. \
+     Could you tell me where it is?";
+
+/// Most distinct error descriptions kept for the report.
+const MAX_ERROR_SAMPLES: usize = 5;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "post-messages",
+    about = "Messages posted over HTTP by concurrent keep-alive clients: throughput and latency"
+)]
+struct Args {
+    /// The store the in-process server runs on.
+    #[arg(long, value_enum, default_value_t = Backend::Sqlite)]
+    backend: Backend,
+    /// PostgreSQL to use with `--backend postgres`; the benchmark works in a
+    /// fresh schema that it drops at the end.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    database_url: String,
+    /// Concurrent clients, each with its own keep-alive connection.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Threads the messages are spread over.
+    #[arg(long, default_value_t = 100)]
+    threads: usize,
+    /// How long to measure, after the warm-up.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// How long to post before measuring.
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
+    /// SQLite only: how commits are made durable.
+    #[arg(long, value_enum, default_value_t = SqliteSync::Full)]
+    sqlite_synchronous: SqliteSync,
+    /// SQLite only: where the database file goes (a fresh temporary directory
+    /// is made inside it). The system temporary directory when absent.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Database connections of the in-process server (its default when absent).
+    #[arg(long)]
+    db_connections: Option<u32>,
+    /// Base URL of an already running server to load instead of the
+    /// in-process one (e.g. `http://127.0.0.1:8080`). Needs `--token`.
+    #[arg(long, requires = "token")]
+    url: Option<String>,
+    /// An admin token of the server given with `--url` (unused without it).
+    #[arg(long, env = "TANDEM_BENCH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SqliteSync {
+    Full,
+    Normal,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("post-messages: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the benchmark; `Ok(false)` when it ran but found errors.
+async fn run(args: Args) -> Result<bool> {
+    ensure!(args.clients > 0, "--clients must be at least 1");
+    ensure!(args.threads > 0, "--threads must be at least 1");
+    ensure!(args.duration_secs > 0, "--duration-secs must be at least 1");
+
+    let (target, server) = match (&args.url, &args.token) {
+        (Some(url), Some(token)) => {
+            let target = Target {
+                base_url: url.trim_end_matches('/').to_owned(),
+                token: token.clone(),
+                label: format!("external server at {url}"),
+            };
+            (target, None)
+        }
+        _ => {
+            let server = InProcessServer::start(&args).await?;
+            (server.target.clone(), Some(server))
+        }
+    };
+
+    let outcome = load_and_verify(&args, &target).await;
+    // Stop the server and remove its data whatever happened above.
+    let stopped = match server {
+        Some(server) => server.stop().await,
+        None => Ok(()),
+    };
+    let report = outcome?;
+    report.print(&args, &target);
+    stopped?;
+    Ok(report.passed())
+}
+
+/// The server being loaded.
+#[derive(Debug, Clone)]
+struct Target {
+    base_url: String,
+    token: String,
+    /// What the result block names as the backend.
+    label: String,
+}
+
+/// The real server, running in this process until [`InProcessServer::stop`].
+struct InProcessServer {
+    target: Target,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+    /// Removed (with the SQLite file) on drop.
+    _data_dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL schema to drop at the end: (database URL, schema).
+    pg_schema: Option<(String, String)>,
+}
+
+impl InProcessServer {
+    async fn start(args: &Args) -> Result<Self> {
+        let mut config = Config::default();
+        // The limiter stays in the path, with a quota no benchmark reaches.
+        config.rate_limits.admin = Quota {
+            per_second: 100_000_000,
+            burst: 100_000_000,
+        };
+        if let Some(connections) = args.db_connections {
+            config.database.max_connections = connections;
+        }
+        let mut data_dir = None;
+        let mut pg_schema = None;
+        let label = match args.backend {
+            Backend::Sqlite => {
+                let dir = match &args.data_dir {
+                    Some(parent) => tempfile::Builder::new()
+                        .prefix("tandem-bench-")
+                        .tempdir_in(parent),
+                    None => tempfile::Builder::new().prefix("tandem-bench-").tempdir(),
+                }
+                .context("creating a temporary directory for the SQLite database")?;
+                let file = dir.path().join("bench.db");
+                config.database.url = format!("sqlite://{}", file.display());
+                config.database.synchronous = match args.sqlite_synchronous {
+                    SqliteSync::Full => Synchronous::Full,
+                    SqliteSync::Normal => Synchronous::Normal,
+                };
+                data_dir = Some(dir);
+                format!(
+                    "sqlite (synchronous={}, file {})",
+                    match args.sqlite_synchronous {
+                        SqliteSync::Full => "full",
+                        SqliteSync::Normal => "normal",
+                    },
+                    file.display()
+                )
+            }
+            Backend::Postgres => {
+                let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
+                create_schema(&args.database_url, &schema).await?;
+                config.database.url = args.database_url.clone();
+                config.database.schema = Some(schema.clone());
+                pg_schema = Some((args.database_url.clone(), schema.clone()));
+                format!(
+                    "postgres ({}, schema {schema})",
+                    tandem_store::backend::redact_url(&args.database_url)
+                )
+            }
+        };
+
+        let started = Self::serve(config).await;
+        let (base_url, token, shutdown, task) = match started {
+            Ok(parts) => parts,
+            Err(e) => {
+                if let Some((url, schema)) = &pg_schema {
+                    // Best effort: the error being reported is the one above.
+                    let _ = drop_schema(url, schema).await;
+                }
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            target: Target {
+                base_url,
+                token,
+                label,
+            },
+            shutdown,
+            task,
+            _data_dir: data_dir,
+            pg_schema,
+        })
+    }
+
+    /// Opens and migrates the store, mints an admin token and serves on an
+    /// ephemeral port. Returns the base URL, the token, the shutdown trigger
+    /// and the server task.
+    async fn serve(
+        config: Config,
+    ) -> Result<(
+        String,
+        String,
+        oneshot::Sender<()>,
+        JoinHandle<std::io::Result<()>>,
+    )> {
+        let store = Store::connect(&config.database)
+            .await
+            .context("connecting the store")?;
+        store.migrate().await.context("migrating the store")?;
+        let minted = store
+            .create_token(TokenSubject::Admin, Some("post-messages benchmark".into()))
+            .await
+            .context("minting an admin token")?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("binding 127.0.0.1:0")?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let state = AppState::new(store, config);
+        let task = tokio::spawn(tandem_server::serve(listener, state, async move {
+            // A dropped sender stops the server too.
+            let _ = stop.await;
+        }));
+        Ok((format!("http://{addr}"), minted.secret, shutdown, task))
+    }
+
+    /// Stops the server (letting requests in flight finish and closing the
+    /// store), then drops the PostgreSQL schema or the SQLite directory.
+    async fn stop(self) -> Result<()> {
+        let _ = self.shutdown.send(());
+        let served = self.task.await.context("the server task panicked");
+        let dropped = match &self.pg_schema {
+            Some((url, schema)) => drop_schema(url, schema).await,
+            None => Ok(()),
+        };
+        served?.context("serving")?;
+        dropped
+    }
+}
+
+async fn create_schema(url: &str, schema: &str) -> Result<()> {
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .with_context(|| format!("connecting to {}", tandem_store::backend::redact_url(url)))?;
+    sqlx::query(&format!("CREATE SCHEMA \"{schema}\""))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("creating schema {schema}"))?;
+    conn.close().await.context("closing the connection")?;
+    Ok(())
+}
+
+async fn drop_schema(url: &str, schema: &str) -> Result<()> {
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .with_context(|| format!("connecting to {}", tandem_store::backend::redact_url(url)))?;
+    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("dropping schema {schema}"))?;
+    conn.close().await.context("closing the connection")?;
+    Ok(())
+}
+
+/// An HTTP/1.1 client that keeps (at most) one connection open.
+fn http_client(token: &str) -> Result<reqwest::Client> {
+    let mut headers = HeaderMap::new();
+    let mut auth =
+        HeaderValue::from_str(&format!("Bearer {token}")).context("the token is not a header")?;
+    auth.set_sensitive(true);
+    headers.insert(AUTHORIZATION, auth);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .tcp_nodelay(true)
+        // A proxy would be part of the measurement.
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .context("building the HTTP client")
+}
+
+/// Creates the threads, runs the clients, and counts what was stored.
+async fn load_and_verify(args: &Args, target: &Target) -> Result<Report> {
+    let setup = http_client(&target.token)?;
+    let thread_ids = create_threads(&setup, target, args.threads).await?;
+    let message_urls: Arc<Vec<String>> = Arc::new(
+        thread_ids
+            .iter()
+            .map(|id| format!("{}/v1/threads/{id}/messages", target.base_url))
+            .collect(),
+    );
+    let body = bytes_of(&json!({ "content": MESSAGE_TEXT }))?;
+
+    let start = Instant::now();
+    let window = Window {
+        measure_from: start + Duration::from_secs(args.warmup_secs),
+        stop: start + Duration::from_secs(args.warmup_secs + args.duration_secs),
+    };
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::with_capacity(args.clients);
+    for _ in 0..args.clients {
+        let http = http_client(&target.token)?;
+        let urls = message_urls.clone();
+        let next = next.clone();
+        let body = body.clone();
+        let stats = ClientStats::new()?;
+        clients.push(tokio::spawn(async move {
+            client_loop(http, urls, next, body, window, stats).await
+        }));
+    }
+    // Where the CPU time went during the measured window.
+    tokio::time::sleep_until(window.measure_from.into()).await;
+    let cpu_from = CpuSample::take();
+    tokio::time::sleep_until(window.stop.into()).await;
+    let cpu = cpu_from
+        .zip(CpuSample::take())
+        .map(|(from, to)| to.since(&from));
+
+    let mut total = ClientStats::new()?;
+    for client in clients {
+        let stats = client.await.context("a client task panicked")?;
+        total.merge(stats)?;
+    }
+    let measured_secs = args.duration_secs as f64;
+
+    let stored = count_stored(&setup, target, &thread_ids).await?;
+    Ok(Report {
+        stats: total,
+        measured_secs,
+        stored,
+        cpu,
+    })
+}
+
+/// When the measurement starts and when the clients stop sending.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    measure_from: Instant,
+    stop: Instant,
+}
+
+/// What one client saw (and, merged, what all of them saw).
+struct ClientStats {
+    /// Latency in microseconds of the 201s completed inside the window.
+    latency_us: Histogram<u64>,
+    /// 201s completed inside the window.
+    measured: u64,
+    /// Every 201, warm-up and the requests finishing after the window included.
+    created: u64,
+    /// Answers other than 201, and requests that failed.
+    errors: u64,
+    /// A few error descriptions, for the report.
+    error_samples: Vec<String>,
+}
+
+impl ClientStats {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            // 1 µs to 10 min, 3 significant digits.
+            latency_us: Histogram::new_with_bounds(1, 600_000_000, 3)
+                .context("creating a histogram")?,
+            measured: 0,
+            created: 0,
+            errors: 0,
+            error_samples: Vec::new(),
+        })
+    }
+
+    fn error(&mut self, description: String) {
+        self.errors += 1;
+        if self.error_samples.len() < MAX_ERROR_SAMPLES {
+            self.error_samples.push(description);
+        }
+    }
+
+    fn merge(&mut self, other: ClientStats) -> Result<()> {
+        self.latency_us
+            .add(&other.latency_us)
+            .context("merging histograms")?;
+        self.measured += other.measured;
+        self.created += other.created;
+        self.errors += other.errors;
+        for sample in other.error_samples {
+            if self.error_samples.len() < MAX_ERROR_SAMPLES {
+                self.error_samples.push(sample);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One client: posts one message at a time on its own connection until the
+/// window closes.
+async fn client_loop(
+    http: reqwest::Client,
+    urls: Arc<Vec<String>>,
+    next: Arc<AtomicUsize>,
+    body: bytes::Bytes,
+    window: Window,
+    mut stats: ClientStats,
+) -> ClientStats {
+    loop {
+        let sent = Instant::now();
+        if sent >= window.stop {
+            break;
+        }
+        let url = &urls[next.fetch_add(1, Ordering::Relaxed) % urls.len()];
+        let result = http
+            .post(url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        let response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                stats.error(format!("POST {url}: {e}"));
+                continue;
+            }
+        };
+        let status = response.status();
+        // Read the whole answer so that the connection can carry the next request.
+        let answer = response.bytes().await;
+        let done = Instant::now();
+        match answer {
+            Ok(_) if status == StatusCode::CREATED => {
+                stats.created += 1;
+                if window.measure_from <= done && done <= window.stop {
+                    stats.measured += 1;
+                    let micros = u64::try_from((done - sent).as_micros()).unwrap_or(u64::MAX);
+                    stats.latency_us.saturating_record(micros.max(1));
+                }
+            }
+            Ok(answer) => {
+                let text = String::from_utf8_lossy(&answer);
+                let text: String = text.chars().take(300).collect();
+                stats.error(format!("POST {url}: {status}: {text}"));
+            }
+            Err(e) => stats.error(format!("POST {url}: {status}, reading the body: {e}")),
+        }
+    }
+    stats
+}
+
+fn bytes_of(value: &Value) -> Result<bytes::Bytes> {
+    Ok(serde_json::to_vec(value)
+        .context("encoding a request body")?
+        .into())
+}
+
+/// Creates `count` threads (a few at a time) and returns their ids in order.
+async fn create_threads(
+    http: &reqwest::Client,
+    target: &Target,
+    count: usize,
+) -> Result<Vec<String>> {
+    let url = format!("{}/v1/threads", target.base_url);
+    futures::stream::iter(0..count)
+        .map(|n| {
+            let url = url.clone();
+            async move {
+                let response = http
+                    .post(&url)
+                    .json(&json!({ "customer_id": format!("bench-{n}") }))
+                    .send()
+                    .await
+                    .with_context(|| format!("POST {url}"))?;
+                let status = response.status();
+                let text = response
+                    .text()
+                    .await
+                    .with_context(|| format!("POST {url}: reading the answer"))?;
+                if status != StatusCode::CREATED {
+                    bail!("POST {url}: expected 201, got {status}: {text}");
+                }
+                let thread: Value = serde_json::from_str(&text)
+                    .with_context(|| format!("POST {url}: decoding the answer"))?;
+                let id = thread["id"]
+                    .as_str()
+                    .with_context(|| format!("POST {url}: no id in {text}"))?;
+                Ok(id.to_owned())
+            }
+        })
+        .buffered(16)
+        .try_collect()
+        .await
+}
+
+/// Pages through every thread's messages and returns how many there are,
+/// checking on the way that `seq` strictly increases within each thread.
+async fn count_stored(
+    http: &reqwest::Client,
+    target: &Target,
+    thread_ids: &[String],
+) -> Result<u64> {
+    let counts: Vec<u64> = futures::stream::iter(thread_ids)
+        .map(|id| async move {
+            let url = format!("{}/v1/threads/{id}/messages", target.base_url);
+            let mut after_seq = 0_i64;
+            let mut count = 0_u64;
+            loop {
+                let response = http
+                    .get(&url)
+                    .query(&[("after_seq", after_seq), ("limit", 500)])
+                    .send()
+                    .await
+                    .with_context(|| format!("GET {url}"))?;
+                let status = response.status();
+                let text = response
+                    .text()
+                    .await
+                    .with_context(|| format!("GET {url}: reading the answer"))?;
+                if status != StatusCode::OK {
+                    bail!("GET {url}: expected 200, got {status}: {text}");
+                }
+                let page: Value = serde_json::from_str(&text)
+                    .with_context(|| format!("GET {url}: decoding the answer"))?;
+                let messages = page["messages"]
+                    .as_array()
+                    .with_context(|| format!("GET {url}: no messages in the answer"))?;
+                for message in messages {
+                    let seq = message["seq"]
+                        .as_i64()
+                        .with_context(|| format!("GET {url}: a message without seq"))?;
+                    ensure!(
+                        seq > after_seq,
+                        "thread {id}: seq {seq} follows {after_seq}"
+                    );
+                    after_seq = seq;
+                    count += 1;
+                }
+                if page["has_more"] != Value::Bool(true) {
+                    return Ok(count);
+                }
+            }
+        })
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
+    Ok(counts.iter().sum())
+}
+
+/// The figures of one run.
+struct Report {
+    stats: ClientStats,
+    measured_secs: f64,
+    /// Messages found in the threads at the end.
+    stored: u64,
+    /// CPU use during the measured window, where `/proc` tells it.
+    cpu: Option<CpuUse>,
+}
+
+impl Report {
+    fn passed(&self) -> bool {
+        self.stats.errors == 0 && self.stored == self.stats.created && self.stats.measured > 0
+    }
+
+    fn print(&self, args: &Args, target: &Target) {
+        let stats = &self.stats;
+        let ms = |quantile: f64| stats.latency_us.value_at_quantile(quantile) as f64 / 1000.0;
+        println!("post-messages");
+        println!("  backend        {}", target.label);
+        println!("  clients        {}", args.clients);
+        println!("  threads        {}", args.threads);
+        println!(
+            "  duration       {} s measured, after {} s of warm-up",
+            args.duration_secs, args.warmup_secs
+        );
+        println!("  messages       {}", stats.measured);
+        println!(
+            "  messages/s     {:.0}",
+            stats.measured as f64 / self.measured_secs
+        );
+        println!("  latency p50    {:.2} ms", ms(0.50));
+        println!("  latency p90    {:.2} ms", ms(0.90));
+        println!("  latency p99    {:.2} ms", ms(0.99));
+        println!(
+            "  latency max    {:.2} ms",
+            stats.latency_us.max() as f64 / 1000.0
+        );
+        if let Some(cpu) = &self.cpu {
+            println!(
+                "  cpu            this process {:.2} cores; machine ({} cores) {:.0}% busy, \
+                 {:.0}% steal, {:.0}% idle",
+                cpu.process_cores,
+                cpu.machine_cores,
+                cpu.busy * 100.0,
+                cpu.steal * 100.0,
+                cpu.idle * 100.0,
+            );
+        }
+        println!("  errors         {}", stats.errors);
+        for sample in &stats.error_samples {
+            println!("    {sample}");
+        }
+        let verdict = if self.stored == stats.created {
+            "ok"
+        } else {
+            "MISMATCH"
+        };
+        println!(
+            "  stored         {} messages for {} answered 201 (warm-up included): {verdict}",
+            self.stored, stats.created
+        );
+    }
+}
+
+/// Cumulative CPU time counters, read from Linux's `/proc`: for the machine,
+/// the `cpu` line of `/proc/stat`; for this process (server and clients when
+/// the server runs in-process), `utime + stime` of `/proc/self/stat`. All in
+/// `USER_HZ` ticks (1/100 s on Linux).
+#[derive(Debug, Clone, Copy)]
+struct CpuSample {
+    at: Instant,
+    /// user + nice + system + irq + softirq.
+    busy: u64,
+    /// idle + iowait.
+    idle: u64,
+    /// Time the hypervisor ran something else while this machine wanted to run.
+    steal: u64,
+    process: u64,
+}
+
+/// CPU use between two samples.
+#[derive(Debug, Clone, Copy)]
+struct CpuUse {
+    /// CPU time of this process, in cores (1.0 = one core all the time).
+    process_cores: f64,
+    machine_cores: usize,
+    /// Shares of all the machine's CPU time.
+    busy: f64,
+    steal: f64,
+    idle: f64,
+}
+
+impl CpuSample {
+    const USER_HZ: f64 = 100.0;
+
+    /// `None` where `/proc` is missing or unreadable (not Linux).
+    fn take() -> Option<Self> {
+        let at = Instant::now();
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        // user nice system idle iowait irq softirq steal (guest is inside user).
+        let [user, nice, system, idle, iowait, irq, softirq, steal, ..] = fields[..] else {
+            return None;
+        };
+        let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // After the command name (which may hold spaces) come fields 3...;
+        // utime and stime are fields 14 and 15.
+        let mut after_name = own.rsplit_once(')')?.1.split_whitespace().skip(11);
+        let utime: u64 = after_name.next()?.parse().ok()?;
+        let stime: u64 = after_name.next()?.parse().ok()?;
+        Some(Self {
+            at,
+            busy: user + nice + system + irq + softirq,
+            idle: idle + iowait,
+            steal,
+            process: utime + stime,
+        })
+    }
+
+    fn since(&self, earlier: &Self) -> CpuUse {
+        let busy = self.busy.saturating_sub(earlier.busy) as f64;
+        let idle = self.idle.saturating_sub(earlier.idle) as f64;
+        let steal = self.steal.saturating_sub(earlier.steal) as f64;
+        let total = (busy + idle + steal).max(1.0);
+        let seconds = (self.at - earlier.at).as_secs_f64().max(f64::EPSILON);
+        CpuUse {
+            process_cores: self.process.saturating_sub(earlier.process) as f64
+                / Self::USER_HZ
+                / seconds,
+            machine_cores: std::thread::available_parallelism().map_or(1, usize::from),
+            busy: busy / total,
+            steal: steal / total,
+            idle: idle / total,
+        }
+    }
+}
