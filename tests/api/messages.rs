@@ -338,3 +338,49 @@ async fn a_customer_message_reopens_a_closed_thread() {
     assert_eq!(now.body["status"], "open");
     server.stop().await;
 }
+
+/// Writes committed together (SQLite's group commit) fail alone: refused
+/// messages racing valid ones take no seq and undo nothing of the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_write_rolls_back_alone() {
+    let server = TestServer::start().await;
+    let thread = server.thread_for("ivy").await;
+    let path = format!("/v1/threads/{thread}/messages");
+    let sam = server.agent("Sam").await;
+    let posts = (0..150).map(|i| {
+        let body = if i % 3 == 0 {
+            json!({"role": "tool", "content": [{"type": "tool_result", "tool_call_id": format!("nope-{i}"),
+                                                "name": "lookup", "result": null}]})
+        } else {
+            json!({"content": format!("ok {i}")})
+        };
+        let server = &server;
+        let path = &path;
+        let sam = &sam;
+        async move { (i, server.post(path, sam, body).await) }
+    });
+    let answers = futures::future::join_all(posts).await;
+    for (i, answer) in &answers {
+        if i % 3 == 0 {
+            answer.assert_error(StatusCode::BAD_REQUEST, "unknown_tool_call");
+        } else {
+            assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text);
+        }
+    }
+    let stored = server.messages(&thread, &server.admin).await;
+    assert_eq!(stored.len(), 100);
+    let seqs: Vec<_> = stored.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+    let mut texts: Vec<_> = stored
+        .iter()
+        .map(|m| m["content"].as_str().unwrap().to_owned())
+        .collect();
+    texts.sort();
+    let mut expected: Vec<_> = (0..150)
+        .filter(|i| i % 3 != 0)
+        .map(|i| format!("ok {i}"))
+        .collect();
+    expected.sort();
+    assert_eq!(texts, expected);
+    server.stop().await;
+}

@@ -98,10 +98,18 @@ pub enum BackendKind {
     Postgres,
 }
 
+/// How long a token lookup is remembered. Tokens are only ever created, so
+/// this bounds nothing but memory; revocation, when it comes, must evict.
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(60);
+const TOKEN_CACHE_CAPACITY: u64 = 100_000;
+
 /// The store: cheap to clone, shared by every request.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Backend>,
+    /// Live tokens by secret hash, so authenticating a request usually costs
+    /// no query.
+    pub(crate) token_cache: moka::sync::Cache<String, crate::Token>,
 }
 
 enum Backend {
@@ -115,19 +123,18 @@ enum Backend {
 }
 
 /// A connection inside a write transaction, on either backend.
-pub enum Tx<'c> {
+pub(crate) enum Tx<'c> {
     Sqlite(&'c mut SqliteConnection),
     Postgres(&'c mut PgConnection),
 }
 
 /// A unit of work run inside one transaction. It may be run more than once
 /// (PostgreSQL retries), so it owns or clones what it needs.
-pub type Job<T> =
+pub(crate) type Job<T> =
     Box<dyn for<'c> Fn(Tx<'c>) -> BoxFuture<'c, Result<T, StoreError>> + Send + Sync + 'static>;
 
 /// Runs the same statement code on whichever connection a [`Tx`] holds.
 /// Inside `$body`, `$c` is `&mut SqliteConnection` or `&mut PgConnection`.
-#[macro_export]
 macro_rules! on_conn {
     ($tx:expr, $c:ident => $body:expr) => {
         match $tx {
@@ -152,7 +159,7 @@ macro_rules! on_pool {
         }
     };
 }
-pub(crate) use on_pool;
+pub(crate) use {on_conn, on_pool};
 
 /// The read pool of either backend.
 pub(crate) enum Pool<'a> {
@@ -196,11 +203,17 @@ impl Store {
                 .connect_with(connect.clone())
                 .await?;
             let writer_conn = SqliteConnection::connect_with(&connect).await?;
-            let writer = SqliteWriter::spawn(writer_conn, options.max_batch.max(1));
+            let checkpoint_conn = SqliteConnection::connect_with(&connect).await?;
+            let writer =
+                SqliteWriter::spawn(writer_conn, checkpoint_conn, options.max_batch.max(1))?;
             Backend::Sqlite { readers, writer }
         };
         Ok(Self {
             inner: Arc::new(backend),
+            token_cache: moka::sync::Cache::builder()
+                .max_capacity(TOKEN_CACHE_CAPACITY)
+                .time_to_live(TOKEN_CACHE_TTL)
+                .build(),
         })
     }
 

@@ -3,7 +3,8 @@
 //! One [`Store`] serves both backends, chosen once from the database URL:
 //! SQLite (an embedded file in WAL mode, the default) and PostgreSQL (for
 //! several server processes on one database). SQL that serves both is written
-//! once and run on either connection type through the [`on_conn!`] macro.
+//! once and run on either connection type through the `on_conn!` and
+//! `on_pool!` macros.
 //!
 //! - [`model`]: the data model and its public names (threads, messages, tokens).
 //! - [`backend`]: connecting, migrating, and the write path that every change

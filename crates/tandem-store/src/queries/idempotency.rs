@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::types::Json;
 
-use crate::backend::Tx;
-use crate::{StoreError, on_conn};
+use crate::StoreError;
+use crate::backend::{Tx, on_conn};
 
 /// An `Idempotency-Key` as scoped by the server.
 #[derive(Debug, Clone)]

@@ -5,10 +5,10 @@ use serde_json::Value;
 use sqlx::types::Json;
 
 use super::idempotency::{self, IdempotencyKey, Written};
-use crate::backend::{Tx, job, on_pool};
+use crate::backend::{Tx, job, on_conn, on_pool};
 use crate::{
     Author, AuthorKind, Content, Message, MessageFilter, MessageId, MessageStatus, NewMessage,
-    Part, Role, Store, StoreError, ThreadId, Visibility, on_conn,
+    Part, Role, Store, StoreError, ThreadId, Visibility,
 };
 
 const MESSAGE_COLUMNS: &str = "id, thread_id, seq, role, agent_name, author_kind, author_id, \

@@ -4,10 +4,10 @@ use serde_json::Value;
 use sqlx::types::Json;
 
 use super::idempotency::{self, IdempotencyKey, Written};
-use crate::backend::{job, on_pool};
+use crate::backend::{job, on_conn, on_pool};
 use crate::{
     AssignedTo, NewThread, Store, StoreError, Thread, ThreadFilter, ThreadId, ThreadPatch,
-    ThreadStatus, on_conn,
+    ThreadStatus,
 };
 
 pub(crate) const THREAD_COLUMNS: &str = "id, customer_id, title, status, assigned_to, assignee, \

@@ -5,8 +5,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Tx, job, on_pool};
-use crate::{MintedToken, Store, StoreError, Token, TokenId, TokenKind, TokenSubject, on_conn};
+use crate::backend::{Tx, job, on_conn, on_pool};
+use crate::{MintedToken, Store, StoreError, Token, TokenId, TokenKind, TokenSubject};
 
 /// Every secret starts with this, so a leaked one is easy to recognise.
 const SECRET_PREFIX: &str = "tdm_";
@@ -69,10 +69,18 @@ impl Store {
             "SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_hash = $1 AND revoked_at IS NULL"
         );
         let hash = hash_secret(secret);
-        Ok(on_pool!(self, p => sqlx::query_as::<_, Token>(&sql)
+        if let Some(token) = self.token_cache.get(&hash) {
+            return Ok(Some(token));
+        }
+        let token = on_pool!(self, p => sqlx::query_as::<_, Token>(&sql)
             .bind(&hash)
             .fetch_optional(p)
-            .await)?)
+            .await)?;
+        // Only hits are kept: a guessed secret must not fill the cache.
+        if let Some(token) = &token {
+            self.token_cache.insert(hash, token.clone());
+        }
+        Ok(token)
     }
 }
 
