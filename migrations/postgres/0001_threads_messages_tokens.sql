@@ -68,3 +68,19 @@ CREATE TABLE instance_facts (
     name       TEXT PRIMARY KEY,
     created_at TIMESTAMPTZ NOT NULL
 );
+
+-- A message advances its thread: last_seq, activity time, and a customer's
+-- message reopens a closed thread. Part of the insert's own statement.
+CREATE FUNCTION messages_advance_thread() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE threads SET
+        last_seq = NEW.seq,
+        updated_at = NEW.created_at,
+        status = CASE WHEN NEW.role = 'user' AND status = 'closed' THEN 'open' ELSE status END
+    WHERE id = NEW.thread_id;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER messages_advance_thread AFTER INSERT ON messages
+    FOR EACH ROW EXECUTE FUNCTION messages_advance_thread();

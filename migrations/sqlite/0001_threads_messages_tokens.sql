@@ -73,3 +73,14 @@ CREATE TABLE instance_facts (
     name       TEXT PRIMARY KEY NOT NULL,
     created_at TEXT NOT NULL
 ) STRICT;
+
+-- A message advances its thread: last_seq, activity time, and a customer's
+-- message reopens a closed thread. Part of the insert's own statement.
+CREATE TRIGGER messages_advance_thread AFTER INSERT ON messages
+BEGIN
+    UPDATE threads SET
+        last_seq = NEW.seq,
+        updated_at = NEW.created_at,
+        status = CASE WHEN NEW.role = 'user' AND status = 'closed' THEN 'open' ELSE status END
+    WHERE id = NEW.thread_id;
+END;

@@ -104,89 +104,76 @@ impl Store {
     }
 }
 
-/// Takes the thread's next seq and inserts the message, checking what it
-/// refers to (its thread, `reply_to`, the tool calls it answers).
+/// Inserts a message with its thread's next seq, in one statement: the
+/// insert reads the thread (checking the customer's scope, filling a customer
+/// author, vetting `reply_to`) and a trigger (see the migrations) advances
+/// the thread's `last_seq`. On PostgreSQL the thread row is locked, so
+/// concurrent writers of one thread take seqs in commit order; SQLite has a
+/// single writer.
+const INSERT_MESSAGE: &str = "INSERT INTO messages
+        (id, thread_id, seq, role, agent_name, author_kind, author_id,
+         content, visibility, status, metadata, reply_to, created_at)
+    SELECT $1, t.id, t.last_seq + 1, $3, $4, $5,
+           COALESCE($6, CASE WHEN $5 = 'customer' THEN t.customer_id END),
+           $7, $8, $9, $10,
+           (SELECT m.id FROM messages m
+             WHERE m.id = $11 AND m.thread_id = t.id
+               AND ($13 IS NULL OR (m.visibility = 'public' AND m.status = 'published'))),
+           $12
+    FROM threads t
+    WHERE t.id = $2 AND ($13 IS NULL OR t.customer_id = $13)";
+
+/// Inserts the message and checks the tool calls it makes or answers.
 async fn insert_message(tx: &mut Tx<'_>, new: NewMessage) -> Result<Message, StoreError> {
     let now = super::now();
-    let reopens = new.role == Role::User;
-    let advanced: Option<(i64, String)> = on_conn!(tx, c => sqlx::query_as(
-        "UPDATE threads SET
-             last_seq = last_seq + 1,
-             updated_at = $2,
-             status = CASE WHEN $3 AND status = 'closed' THEN 'open' ELSE status END
-         WHERE id = $1 AND ($4 IS NULL OR customer_id = $4)
-         RETURNING last_seq, customer_id",
-    )
-    .bind(new.thread_id)
-    .bind(now)
-    .bind(reopens)
-    .bind(new.customer_scope.as_deref())
-    .fetch_optional(c)
-    .await)?;
-    let (seq, customer_id) = advanced.ok_or(StoreError::NotFound("thread"))?;
-    let mut author = new.author;
-    if author.kind == AuthorKind::Customer && author.id.is_none() {
-        author.id = Some(customer_id);
-    }
-
-    if let Some(reply_to) = new.reply_to {
-        let target: Option<(Visibility, MessageStatus)> = on_conn!(tx, c => sqlx::query_as(
-            "SELECT visibility, status FROM messages WHERE id = $1 AND thread_id = $2",
-        )
-        .bind(reply_to)
+    let id = MessageId::new();
+    let returning = "RETURNING seq, author_id, reply_to";
+    let sql = match tx {
+        Tx::Sqlite(_) => format!("{INSERT_MESSAGE} {returning}"),
+        Tx::Postgres(_) => format!("{INSERT_MESSAGE} FOR UPDATE OF t {returning}"),
+    };
+    let inserted: Option<(i64, Option<String>, Option<MessageId>)> = on_conn!(tx, c => sqlx::query_as(&sql)
+        .bind(id)
         .bind(new.thread_id)
+        .bind(new.role)
+        .bind(&new.agent_name)
+        .bind(new.author.kind)
+        .bind(&new.author.id)
+        .bind(Json(&new.content))
+        .bind(new.visibility)
+        .bind(new.status)
+        .bind(Json(&new.metadata))
+        .bind(new.reply_to)
+        .bind(now)
+        .bind(new.customer_scope.as_deref())
         .fetch_optional(c)
         .await)?;
-        let visible = match target {
-            None => false,
-            Some(_) if new.customer_scope.is_none() => true,
-            Some((visibility, status)) => {
-                visibility == Visibility::Public && status == MessageStatus::Published
-            }
-        };
-        if !visible {
-            return Err(StoreError::invalid(
-                "invalid_reply_to",
-                format!("reply_to {reply_to} is not a message of this thread"),
-            ));
-        }
+    let (seq, author_id, reply_to) = inserted.ok_or(StoreError::NotFound("thread"))?;
+    if let Some(wanted) = new.reply_to
+        && reply_to != Some(wanted)
+    {
+        return Err(StoreError::invalid(
+            "invalid_reply_to",
+            format!("reply_to {wanted} is not a message of this thread"),
+        ));
     }
-
     let message = Message {
-        id: MessageId::new(),
+        id,
         thread_id: new.thread_id,
         seq,
         role: new.role,
         agent_name: new.agent_name,
-        author,
+        author: Author {
+            kind: new.author.kind,
+            id: author_id,
+        },
         content: new.content,
         visibility: new.visibility,
         status: new.status,
         metadata: new.metadata,
-        reply_to: new.reply_to,
+        reply_to,
         created_at: now,
     };
-    on_conn!(tx, c => sqlx::query(
-        "INSERT INTO messages (id, thread_id, seq, role, agent_name, author_kind, author_id,
-                               content, visibility, status, metadata, reply_to, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    )
-    .bind(message.id)
-    .bind(message.thread_id)
-    .bind(message.seq)
-    .bind(message.role)
-    .bind(&message.agent_name)
-    .bind(message.author.kind)
-    .bind(&message.author.id)
-    .bind(Json(&message.content))
-    .bind(message.visibility)
-    .bind(message.status)
-    .bind(Json(&message.metadata))
-    .bind(message.reply_to)
-    .bind(message.created_at)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
 
     for part in message.content.parts() {
         match part {
