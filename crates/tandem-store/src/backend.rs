@@ -103,13 +103,17 @@ pub enum BackendKind {
 const TOKEN_CACHE_TTL: Duration = Duration::from_secs(60);
 const TOKEN_CACHE_CAPACITY: u64 = 100_000;
 
-/// The store: cheap to clone, shared by every request.
+/// The store: one `Arc`, cheap to clone, shared by every request.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Backend>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
     /// Live tokens by secret hash, so authenticating a request usually costs
     /// no query.
-    pub(crate) token_cache: moka::sync::Cache<String, crate::Token>,
+    token_cache: moka::sync::Cache<String, crate::Token>,
 }
 
 enum Backend {
@@ -209,17 +213,19 @@ impl Store {
             Backend::Sqlite { readers, writer }
         };
         Ok(Self {
-            inner: Arc::new(backend),
-            token_cache: moka::sync::Cache::builder()
-                .max_capacity(TOKEN_CACHE_CAPACITY)
-                .time_to_live(TOKEN_CACHE_TTL)
-                .build(),
+            inner: Arc::new(Inner {
+                backend,
+                token_cache: moka::sync::Cache::builder()
+                    .max_capacity(TOKEN_CACHE_CAPACITY)
+                    .time_to_live(TOKEN_CACHE_TTL)
+                    .build(),
+            }),
         })
     }
 
     /// Applies any migrations not yet applied.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        match &*self.inner {
+        match &self.inner.backend {
             Backend::Sqlite { readers, .. } => SQLITE_MIGRATIONS.run(readers).await?,
             Backend::Postgres { pool } => POSTGRES_MIGRATIONS.run(pool).await?,
         }
@@ -227,7 +233,7 @@ impl Store {
     }
 
     pub fn kind(&self) -> BackendKind {
-        match &*self.inner {
+        match &self.inner.backend {
             Backend::Sqlite { .. } => BackendKind::Sqlite,
             Backend::Postgres { .. } => BackendKind::Postgres,
         }
@@ -250,7 +256,7 @@ impl Store {
 
     /// Finishes the writes already queued, then closes every connection.
     pub async fn close(&self) {
-        match &*self.inner {
+        match &self.inner.backend {
             Backend::Sqlite { readers, writer } => {
                 writer.shutdown().await;
                 readers.close().await;
@@ -259,8 +265,12 @@ impl Store {
         }
     }
 
+    pub(crate) fn token_cache(&self) -> &moka::sync::Cache<String, crate::Token> {
+        &self.inner.token_cache
+    }
+
     pub(crate) fn pool(&self) -> Pool<'_> {
-        match &*self.inner {
+        match &self.inner.backend {
             Backend::Sqlite { readers, .. } => Pool::Sqlite(readers),
             Backend::Postgres { pool } => Pool::Postgres(pool),
         }
@@ -268,7 +278,7 @@ impl Store {
 
     /// Runs `job` in a write transaction and returns its value once committed.
     pub(crate) async fn write<T: Send + 'static>(&self, job: Job<T>) -> Result<T, StoreError> {
-        match &*self.inner {
+        match &self.inner.backend {
             Backend::Sqlite { writer, .. } => writer.submit(job).await,
             Backend::Postgres { pool } => {
                 const ATTEMPTS: u32 = 5;

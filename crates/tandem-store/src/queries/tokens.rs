@@ -69,7 +69,7 @@ impl Store {
             "SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_hash = $1 AND revoked_at IS NULL"
         );
         let hash = hash_secret(secret);
-        if let Some(token) = self.token_cache.get(&hash) {
+        if let Some(token) = self.token_cache().get(&hash) {
             return Ok(Some(token));
         }
         let token = on_pool!(self, p => sqlx::query_as::<_, Token>(&sql)
@@ -78,7 +78,7 @@ impl Store {
             .await)?;
         // Only hits are kept: a guessed secret must not fill the cache.
         if let Some(token) = &token {
-            self.token_cache.insert(hash, token.clone());
+            self.token_cache().insert(hash, token.clone());
         }
         Ok(token)
     }
