@@ -132,6 +132,16 @@ pub(crate) enum Tx<'c> {
     Postgres(&'c mut PgConnection),
 }
 
+impl Tx<'_> {
+    /// A shorter-lived handle on the same connection, to lend to a callee.
+    pub(crate) fn reborrow(&mut self) -> Tx<'_> {
+        match self {
+            Tx::Sqlite(conn) => Tx::Sqlite(conn),
+            Tx::Postgres(conn) => Tx::Postgres(conn),
+        }
+    }
+}
+
 /// A unit of work run inside one transaction. It may be run more than once
 /// (PostgreSQL retries), so it owns or clones what it needs.
 pub(crate) type Job<T> =

@@ -30,13 +30,6 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
 }
 
-impl Message {
-    /// Whether a customer may ever see this message.
-    pub fn is_customer_visible(&self) -> bool {
-        self.visibility == Visibility::Public && self.status == MessageStatus::Published
-    }
-}
-
 /// Who wrote a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -55,21 +48,7 @@ pub enum Content {
 }
 
 impl Content {
-    /// The text parts, joined by newlines.
-    pub fn text(&self) -> String {
-        match self {
-            Content::Text(text) => text.clone(),
-            Content::Parts(parts) => parts
-                .iter()
-                .filter_map(|part| match part {
-                    Part::Text { text } => Some(text.as_str()),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
-                .join("\n"),
-        }
-    }
-
+    /// The parts; none for plain text.
     pub fn parts(&self) -> &[Part] {
         match self {
             Content::Text(_) => &[],

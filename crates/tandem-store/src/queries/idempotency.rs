@@ -6,13 +6,15 @@
 //! claimer's transaction; SQLite has one writer) and then reads the response
 //! the winner committed, so a change is never made twice.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::types::Json;
 
-use crate::StoreError;
-use crate::backend::{Tx, on_conn};
+use crate::backend::{Job, Tx, job, on_conn};
+use crate::{Store, StoreError};
 
 /// An `Idempotency-Key` as scoped by the server.
 #[derive(Debug, Clone)]
@@ -44,9 +46,41 @@ impl<T> Written<T> {
     }
 }
 
+impl Store {
+    /// Runs `effect` in a write transaction, once per idempotency key: a
+    /// retry gets the first run's recorded value instead of a second effect.
+    pub(crate) async fn write_once<T>(
+        &self,
+        idempotency: Option<IdempotencyKey>,
+        effect: Job<T>,
+    ) -> Result<Written<T>, StoreError>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let effect = Arc::new(effect);
+        self.write(job(move |mut tx| {
+            let effect = effect.clone();
+            let idempotency = idempotency.clone();
+            Box::pin(async move {
+                if let Some(key) = &idempotency
+                    && let Some(previous) = claim(&mut tx, key).await?
+                {
+                    return Ok(previous);
+                }
+                let value = effect(tx.reborrow()).await?;
+                if let Some(key) = &idempotency {
+                    complete(&mut tx, key, 201, &value).await?;
+                }
+                Ok(Written::fresh(value))
+            })
+        }))
+        .await
+    }
+}
+
 /// Claims `key` for this transaction. Returns the recorded answer when an
 /// earlier request already holds it.
-pub(crate) async fn claim<T: DeserializeOwned>(
+async fn claim<T: DeserializeOwned>(
     tx: &mut Tx<'_>,
     key: &IdempotencyKey,
 ) -> Result<Option<Written<T>>, StoreError> {
@@ -89,7 +123,7 @@ pub(crate) async fn claim<T: DeserializeOwned>(
 }
 
 /// Records the answer for a key claimed in this transaction.
-pub(crate) async fn complete<T: Serialize>(
+async fn complete<T: Serialize>(
     tx: &mut Tx<'_>,
     key: &IdempotencyKey,
     code: u16,

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::idempotency::{self, IdempotencyKey, Written};
+use super::idempotency::{IdempotencyKey, Written};
 use crate::backend::{Tx, job, on_conn, on_pool};
 use crate::{
     Author, AuthorKind, Content, Message, MessageFilter, MessageId, MessageStatus, NewMessage,
@@ -61,22 +61,13 @@ impl Store {
         new: NewMessage,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Written<Message>, StoreError> {
-        self.write(job(move |mut tx| {
-            let new = new.clone();
-            let idempotency = idempotency.clone();
-            Box::pin(async move {
-                if let Some(key) = &idempotency
-                    && let Some(previous) = idempotency::claim(&mut tx, key).await?
-                {
-                    return Ok(previous);
-                }
-                let message = insert_message(&mut tx, new).await?;
-                if let Some(key) = &idempotency {
-                    idempotency::complete(&mut tx, key, 201, &message).await?;
-                }
-                Ok(Written::fresh(message))
-            })
-        }))
+        self.write_once(
+            idempotency,
+            job(move |mut tx| {
+                let new = new.clone();
+                Box::pin(async move { insert_message(&mut tx, new).await })
+            }),
+        )
         .await
     }
 

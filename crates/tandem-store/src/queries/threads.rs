@@ -3,7 +3,7 @@
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::idempotency::{self, IdempotencyKey, Written};
+use super::idempotency::{IdempotencyKey, Written};
 use crate::backend::{job, on_conn, on_pool};
 use crate::{
     AssignedTo, NewThread, Store, StoreError, Thread, ThreadFilter, ThreadId, ThreadPatch,
@@ -20,52 +20,46 @@ impl Store {
         new: NewThread,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Written<Thread>, StoreError> {
-        self.write(job(move |mut tx| {
-            let new = new.clone();
-            let idempotency = idempotency.clone();
-            Box::pin(async move {
-                if let Some(key) = &idempotency
-                    && let Some(previous) = idempotency::claim(&mut tx, key).await?
-                {
-                    return Ok(previous);
-                }
-                let now = super::now();
-                let thread = Thread {
-                    id: ThreadId::new(),
-                    customer_id: new.customer_id,
-                    title: new.title,
-                    status: ThreadStatus::Open,
-                    assigned_to: AssignedTo::Unassigned,
-                    assignee: None,
-                    metadata: new.metadata,
-                    last_seq: 0,
-                    created_at: now,
-                    updated_at: now,
-                };
-                on_conn!(&mut tx, c => sqlx::query(
-                    "INSERT INTO threads (id, customer_id, title, status, assigned_to, assignee,
-                                          metadata, last_seq, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                )
-                .bind(thread.id)
-                .bind(&thread.customer_id)
-                .bind(&thread.title)
-                .bind(thread.status)
-                .bind(thread.assigned_to)
-                .bind(&thread.assignee)
-                .bind(Json(&thread.metadata))
-                .bind(thread.last_seq)
-                .bind(thread.created_at)
-                .bind(thread.updated_at)
-                .execute(c)
-                .await
-                .map(|r| r.rows_affected()))?;
-                if let Some(key) = &idempotency {
-                    idempotency::complete(&mut tx, key, 201, &thread).await?;
-                }
-                Ok(Written::fresh(thread))
-            })
-        }))
+        self.write_once(
+            idempotency,
+            job(move |mut tx| {
+                let new = new.clone();
+                Box::pin(async move {
+                    let now = super::now();
+                    let thread = Thread {
+                        id: ThreadId::new(),
+                        customer_id: new.customer_id,
+                        title: new.title,
+                        status: ThreadStatus::Open,
+                        assigned_to: AssignedTo::Unassigned,
+                        assignee: None,
+                        metadata: new.metadata,
+                        last_seq: 0,
+                        created_at: now,
+                        updated_at: now,
+                    };
+                    on_conn!(&mut tx, c => sqlx::query(
+                        "INSERT INTO threads (id, customer_id, title, status, assigned_to, assignee,
+                                              metadata, last_seq, created_at, updated_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    )
+                    .bind(thread.id)
+                    .bind(&thread.customer_id)
+                    .bind(&thread.title)
+                    .bind(thread.status)
+                    .bind(thread.assigned_to)
+                    .bind(&thread.assignee)
+                    .bind(Json(&thread.metadata))
+                    .bind(thread.last_seq)
+                    .bind(thread.created_at)
+                    .bind(thread.updated_at)
+                    .execute(c)
+                    .await
+                    .map(|r| r.rows_affected()))?;
+                    Ok(thread)
+                })
+            }),
+        )
         .await
     }
 
