@@ -42,8 +42,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             .await
             .map_err(|e| {
                 let too_large = std::error::Error::source(&e)
-                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                    || e.to_string().contains("length limit");
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
                 if too_large {
                     ApiError::PayloadTooLarge { limit }
                 } else {
