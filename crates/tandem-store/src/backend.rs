@@ -3,9 +3,9 @@
 //! Every change goes through [`Store::write`] as a *job*: an async function of a
 //! [`Tx`] that may run its statements and return a value. On PostgreSQL a job
 //! is one transaction, retried in one place on serialization failures. On
-//! SQLite, jobs are handed to a single writer task that commits the jobs of
-//! concurrent callers together (group commit), each inside its own savepoint,
-//! and answers each caller only after the commit is durable.
+//! SQLite, jobs are handed to a single writer thread that commits the jobs of
+//! concurrent callers together (group commit) and answers each caller only
+//! after the commit is durable; a failing job rolls back alone.
 
 mod sqlite_writer;
 
