@@ -135,50 +135,53 @@ async fn an_agent_posts_as_itself_only() {
     let thread = server.thread_for("bob").await;
     let path = format!("/v1/threads/{thread}/messages");
 
-    server
-        .post(&path, &sam, json!({"content": "x", "agent_name": "Kim"}))
-        .await
-        .assert_error(StatusCode::FORBIDDEN, "not_yourself");
-    server
-        .post(
-            &path,
-            &sam,
-            json!({"content": "x", "author": {"kind": "human", "id": "Kim"}}),
-        )
-        .await
-        .assert_error(StatusCode::FORBIDDEN, "not_yourself");
-    server
-        .post(
-            &path,
-            &sam,
-            json!({"content": "x", "author": {"kind": "ai", "id": "Sam"}}),
-        )
-        .await
-        .assert_error(StatusCode::FORBIDDEN, "not_yourself");
-    server
-        .post(
-            &path,
-            &sam,
-            json!({"content": "x", "metadata": {"provider": "gpt-4o"}}),
-        )
-        .await
-        .assert_error(StatusCode::FORBIDDEN, "not_yourself");
-    server
-        .post(&path, &sam, json!({"content": "x", "role": "user"}))
-        .await
-        .assert_error(StatusCode::FORBIDDEN, "role_not_allowed");
-    server
-        .post(&path, &sam, json!({"content": "x", "role": "system"}))
-        .await
-        .assert_error(StatusCode::FORBIDDEN, "role_not_allowed");
-    server
-        .post(
-            &path,
-            &sam,
-            json!({"content": "x", "status": "pending_approval"}),
-        )
-        .await
-        .assert_error(StatusCode::BAD_REQUEST, "field_not_allowed");
+    let refused = [
+        (
+            json!({"agent_name": "Kim"}),
+            StatusCode::FORBIDDEN,
+            "not_yourself",
+        ),
+        (
+            json!({"author": {"kind": "human", "id": "Kim"}}),
+            StatusCode::FORBIDDEN,
+            "not_yourself",
+        ),
+        (
+            json!({"author": {"kind": "ai", "id": "Sam"}}),
+            StatusCode::FORBIDDEN,
+            "not_yourself",
+        ),
+        (
+            json!({"metadata": {"provider": "gpt-4o"}}),
+            StatusCode::FORBIDDEN,
+            "not_yourself",
+        ),
+        (
+            json!({"role": "user"}),
+            StatusCode::FORBIDDEN,
+            "role_not_allowed",
+        ),
+        (
+            json!({"role": "system"}),
+            StatusCode::FORBIDDEN,
+            "role_not_allowed",
+        ),
+        (
+            json!({"status": "pending_approval"}),
+            StatusCode::BAD_REQUEST,
+            "field_not_allowed",
+        ),
+    ];
+    for (fields, status, code) in refused {
+        let mut body = json!({"content": "x"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        server
+            .post(&path, &sam, body)
+            .await
+            .assert_error(status, code);
+    }
     assert!(server.messages(&thread, &server.admin).await.is_empty());
 
     let own = server
