@@ -405,3 +405,51 @@ async fn random_and_mutated_bodies_never_cause_a_5xx() {
     assert_eq!(seqs, (1..=stored.len() as i64).collect::<Vec<_>>());
     server.stop().await;
 }
+
+/// U+0000 cannot be stored by PostgreSQL, so it is refused on both backends,
+/// wherever it appears; a literal backslash followed by `u0000` is just text.
+#[tokio::test]
+async fn nul_characters_are_refused_everywhere() {
+    let server = TestServer::start().await;
+    let thread = server.thread_for("nul").await;
+    let path = format!("/v1/threads/{thread}/messages");
+    let admin = server.admin.clone();
+    let json_type = Some("application/json");
+    let messages: [&[u8]; 5] = [
+        br#"{"content": "a\u0000b"}"#,
+        br#"{"content": "x", "metadata": {"k": "\u0000"}}"#,
+        br#"{"content": "x", "metadata": {"\u0000": 1}}"#,
+        br#"{"content": "x", "role": "assistant", "agent_name": "A\u0000"}"#,
+        br#"{"role": "assistant", "content": [{"type": "tool_call", "id": "c", "name": "n", "arguments": {"q": "\\\u0000"}}]}"#,
+    ];
+    for body in messages {
+        post_raw(&server, &path, &admin, json_type, body.to_vec())
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "invalid_text");
+    }
+    for body in [
+        &br#"{"customer_id": "a\u0000"}"#[..],
+        br#"{"customer_id": "a", "title": "\u0000"}"#,
+    ] {
+        post_raw(&server, "/v1/threads", &admin, json_type, body.to_vec())
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "invalid_text");
+    }
+    server
+        .get("/v1/threads?customer_id=%00", &admin)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_text");
+
+    let literal = post_raw(
+        &server,
+        &path,
+        &admin,
+        json_type,
+        br#"{"content": "C:\\u0000"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(literal.status, StatusCode::CREATED, "{}", literal.text);
+    assert_eq!(literal.body["content"], "C:\\u0000");
+    assert_eq!(server.messages(&thread, &admin).await.len(), 1);
+    server.stop().await;
+}

@@ -171,6 +171,16 @@ impl From<StoreError> for ApiError {
                 message: e.to_string(),
             },
             StoreError::Closed => Self::Unavailable("the store is shutting down".into()),
+            // Text PostgreSQL cannot store (e.g. U+0000); the API refuses it
+            // first, this keeps any path that slips through a 400.
+            StoreError::Database(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("22021") | Some("22P05")) =>
+            {
+                Self::bad_request(
+                    "invalid_text",
+                    "text contains a character that cannot be stored",
+                )
+            }
             StoreError::Database(sqlx::Error::PoolTimedOut) => {
                 Self::Unavailable("database pool exhausted".into())
             }
