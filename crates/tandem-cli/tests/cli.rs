@@ -98,9 +98,9 @@ impl Served {
             .expect("kill");
         assert!(killed.success());
         let status = self.child.wait().expect("wait");
-        let messages = self
-            .logs
-            .try_iter()
+        // The reader thread ends at the end of stderr, i.e. once the process
+        // has exited and every line it wrote has been read.
+        let messages = std::iter::from_fn(|| self.logs.recv_timeout(Duration::from_secs(10)).ok())
             .filter_map(|l| l["fields"]["message"].as_str().map(str::to_owned))
             .collect();
         (status, messages)
