@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tandem_tests::TestDb;
+use tandem_tests::{Response, TestDb};
 
 /// `tandem` with its database pointed at `db` and a port of the OS's choosing.
 fn tandem(db: &TestDb, args: &[&str]) -> Command {
@@ -132,17 +132,17 @@ async fn migrate_mint_serve_and_stop_on_sigterm() {
     let admin = secret_in(&served.stdout).expect("the first start prints an admin token");
     let client = reqwest::Client::new();
     let base = format!("http://{}", served.address);
-    let thread: Value = client
-        .post(format!("{base}/v1/threads"))
-        .bearer_auth(&admin)
-        .json(&json!({"customer_id": "alice"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let thread = thread["id"].as_str().expect("thread id").to_owned();
+    let thread = Response::read(
+        client
+            .post(format!("{base}/v1/threads"))
+            .bearer_auth(&admin)
+            .json(&json!({"customer_id": "alice"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let thread = thread.body["id"].as_str().expect("thread id").to_owned();
     for (token, body) in [
         (customer.trim(), json!({"content": "Hello"})),
         (agent, json!({"content": "Hi Alice"})),
@@ -163,19 +163,19 @@ async fn migrate_mint_serve_and_stop_on_sigterm() {
     // Second start: no new admin token; the data and the tokens are still there.
     let served = serve(&db);
     assert_eq!(secret_in(&served.stdout), None, "{:?}", served.stdout);
-    let page: Value = client
-        .get(format!(
-            "http://{}/v1/threads/{thread}/messages",
-            served.address
-        ))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let seqs: Vec<_> = page["messages"]
+    let page = Response::read(
+        client
+            .get(format!(
+                "http://{}/v1/threads/{thread}/messages",
+                served.address
+            ))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let seqs: Vec<_> = page.body["messages"]
         .as_array()
         .expect("messages")
         .iter()

@@ -11,8 +11,13 @@ use crate::{
     Part, Role, Store, StoreError, ThreadId, Visibility,
 };
 
-const MESSAGE_COLUMNS: &str = "id, thread_id, seq, role, agent_name, author_kind, author_id, \
-     content, visibility, status, metadata, reply_to, created_at";
+/// The columns a message row is read from, as a literal for `concat!`.
+macro_rules! message_columns {
+    () => {
+        "id, thread_id, seq, role, agent_name, author_kind, author_id, content, visibility, \
+         status, metadata, reply_to, created_at"
+    };
+}
 
 #[derive(sqlx::FromRow)]
 struct MessageRow {
@@ -77,14 +82,16 @@ impl Store {
         thread_id: ThreadId,
         filter: &MessageFilter,
     ) -> Result<Vec<Message>, StoreError> {
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages
+        const SQL: &str = concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages
              WHERE thread_id = $1 AND seq > $2
                AND (NOT $3 OR (visibility = 'public' AND status = 'published'))
              ORDER BY seq
              LIMIT $4"
         );
-        let rows = on_pool!(self, p => sqlx::query_as::<_, MessageRow>(&sql)
+        let rows = on_pool!(self, p => sqlx::query_as::<_, MessageRow>(SQL)
             .bind(thread_id)
             .bind(filter.after_seq)
             .bind(filter.customer_view)
@@ -95,13 +102,17 @@ impl Store {
     }
 }
 
-/// Inserts a message with its thread's next seq, in one statement: the
-/// insert reads the thread (checking the customer's scope, filling a customer
+/// The statement that inserts a message with its thread's next seq; `$lock`
+/// is PostgreSQL's row-lock clause (empty on SQLite). The insert reads the
+/// thread (checking the customer's scope, filling a customer
 /// author, vetting `reply_to`) and a trigger (see the migrations) advances
 /// the thread's `last_seq`. On PostgreSQL the thread row is locked, so
 /// concurrent writers of one thread take seqs in commit order; SQLite has a
 /// single writer.
-const INSERT_MESSAGE: &str = "INSERT INTO messages
+macro_rules! insert_message_sql {
+    ($lock:literal) => {
+        concat!(
+            "INSERT INTO messages
         (id, thread_id, seq, role, agent_name, author_kind, author_id,
          content, visibility, status, metadata, reply_to, created_at)
     SELECT $1, t.id, t.last_seq + 1, $3, $4, $5,
@@ -112,18 +123,22 @@ const INSERT_MESSAGE: &str = "INSERT INTO messages
                AND ($13 IS NULL OR (m.visibility = 'public' AND m.status = 'published'))),
            $12
     FROM threads t
-    WHERE t.id = $2 AND ($13 IS NULL OR t.customer_id = $13)";
+    WHERE t.id = $2 AND ($13 IS NULL OR t.customer_id = $13) ",
+            $lock,
+            " RETURNING seq, author_id, reply_to"
+        )
+    };
+}
 
 /// Inserts the message and checks the tool calls it makes or answers.
 async fn insert_message(tx: &mut Tx<'_>, new: NewMessage) -> Result<Message, StoreError> {
     let now = super::now();
     let id = MessageId::new();
-    let returning = "RETURNING seq, author_id, reply_to";
     let sql = match tx {
-        Tx::Sqlite(_) => format!("{INSERT_MESSAGE} {returning}"),
-        Tx::Postgres(_) => format!("{INSERT_MESSAGE} FOR UPDATE OF t {returning}"),
+        Tx::Sqlite(_) => insert_message_sql!(""),
+        Tx::Postgres(_) => insert_message_sql!("FOR UPDATE OF t"),
     };
-    let inserted: Option<(i64, Option<String>, Option<MessageId>)> = on_conn!(tx, c => sqlx::query_as(&sql)
+    let inserted: Option<(i64, Option<String>, Option<MessageId>)> = on_conn!(tx, c => sqlx::query_as(sql)
         .bind(id)
         .bind(new.thread_id)
         .bind(new.role)

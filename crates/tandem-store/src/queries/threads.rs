@@ -10,8 +10,14 @@ use crate::{
     ThreadStatus,
 };
 
-pub(crate) const THREAD_COLUMNS: &str = "id, customer_id, title, status, assigned_to, assignee, \
-     metadata, last_seq, created_at, updated_at";
+/// The columns a [`Thread`] is read from, as a literal for `concat!`, so
+/// every query's SQL is a constant.
+macro_rules! thread_columns {
+    () => {
+        "id, customer_id, title, status, assigned_to, assignee, metadata, last_seq, \
+         created_at, updated_at"
+    };
+}
 
 impl Store {
     /// Creates a thread (once per idempotency key).
@@ -69,10 +75,12 @@ impl Store {
         id: ThreadId,
         customer_scope: Option<&str>,
     ) -> Result<Option<Thread>, StoreError> {
-        let sql = format!(
-            "SELECT {THREAD_COLUMNS} FROM threads WHERE id = $1 AND ($2 IS NULL OR customer_id = $2)"
+        const SQL: &str = concat!(
+            "SELECT ",
+            thread_columns!(),
+            " FROM threads WHERE id = $1 AND ($2 IS NULL OR customer_id = $2)"
         );
-        Ok(on_pool!(self, p => sqlx::query_as::<_, Thread>(&sql)
+        Ok(on_pool!(self, p => sqlx::query_as::<_, Thread>(SQL)
             .bind(id)
             .bind(customer_scope)
             .fetch_optional(p)
@@ -81,8 +89,10 @@ impl Store {
 
     /// Threads matching the filter, newest first.
     pub async fn list_threads(&self, filter: &ThreadFilter) -> Result<Vec<Thread>, StoreError> {
-        let sql = format!(
-            "SELECT {THREAD_COLUMNS} FROM threads
+        const SQL: &str = concat!(
+            "SELECT ",
+            thread_columns!(),
+            " FROM threads
              WHERE ($1 IS NULL OR customer_id = $1)
                AND ($2 IS NULL OR status = $2)
                AND ($3 IS NULL OR assigned_to = $3)
@@ -90,7 +100,7 @@ impl Store {
              ORDER BY id DESC
              LIMIT $5"
         );
-        Ok(on_pool!(self, p => sqlx::query_as::<_, Thread>(&sql)
+        Ok(on_pool!(self, p => sqlx::query_as::<_, Thread>(SQL)
             .bind(filter.customer_id.as_deref())
             .bind(filter.status)
             .bind(filter.assigned_to)
@@ -106,21 +116,21 @@ impl Store {
         id: ThreadId,
         patch: ThreadPatch,
     ) -> Result<Thread, StoreError> {
-        let sql = format!(
+        const SQL: &str = concat!(
             "UPDATE threads SET
                  title = CASE WHEN $2 THEN $3 ELSE title END,
                  status = COALESCE($4, status),
                  metadata = COALESCE($5, metadata),
                  updated_at = $6
              WHERE id = $1
-             RETURNING {THREAD_COLUMNS}"
+             RETURNING ",
+            thread_columns!()
         );
         self.write(job(move |mut tx| {
             let patch = patch.clone();
-            let sql = sql.clone();
             Box::pin(async move {
                 let metadata: Option<Json<Value>> = patch.metadata.map(Json);
-                let updated = on_conn!(&mut tx, c => sqlx::query_as::<_, Thread>(&sql)
+                let updated = on_conn!(&mut tx, c => sqlx::query_as::<_, Thread>(SQL)
                     .bind(id)
                     .bind(patch.title.is_some())
                     .bind(patch.title.flatten())

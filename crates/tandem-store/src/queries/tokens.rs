@@ -11,8 +11,6 @@ use crate::{MintedToken, Store, StoreError, Token, TokenId, TokenKind, TokenSubj
 /// Every secret starts with this, so a leaked one is easy to recognise.
 const SECRET_PREFIX: &str = "tdm_";
 
-const TOKEN_COLUMNS: &str = "id, kind, agent_name, customer_id, label, created_at";
-
 /// The stored form of a secret. Secrets are 256 random bits, so a plain
 /// SHA-256 is enough: there is nothing to brute-force.
 fn hash_secret(secret: &str) -> String {
@@ -65,14 +63,13 @@ impl Store {
         if !secret.starts_with(SECRET_PREFIX) {
             return Ok(None);
         }
-        let sql = format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_hash = $1 AND revoked_at IS NULL"
-        );
+        const SQL: &str = "SELECT id, kind, agent_name, customer_id, label, created_at
+             FROM tokens WHERE secret_hash = $1 AND revoked_at IS NULL";
         let hash = hash_secret(secret);
         if let Some(token) = self.token_cache().get(&hash) {
             return Ok(Some(token));
         }
-        let token = on_pool!(self, p => sqlx::query_as::<_, Token>(&sql)
+        let token = on_pool!(self, p => sqlx::query_as::<_, Token>(SQL)
             .bind(&hash)
             .fetch_optional(p)
             .await)?;
