@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_input;
+mod hub;
 mod idempotency;
 mod messages;
 mod operations;

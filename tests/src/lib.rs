@@ -6,6 +6,8 @@
 //! schema on that server. When the variable is set and the server cannot be
 //! reached, tests fail: they never fall back or skip.
 
+pub mod ws;
+
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -150,6 +152,7 @@ pub struct TestServer {
     pub store: Store,
     pub db: TestDb,
     pub client: reqwest::Client,
+    config: Config,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -182,20 +185,72 @@ impl TestServer {
             .secret;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let (tx, rx) = oneshot::channel::<()>();
-        let state = AppState::new(store.clone(), config);
-        let task = tokio::spawn(tandem_server::serve(listener, state, async {
-            let _ = rx.await;
-        }));
-        TestServer {
+        let mut server = TestServer {
             url,
             admin,
             store,
             db,
             client: reqwest::Client::new(),
-            shutdown: Some(tx),
-            task: Some(task),
-        }
+            config,
+            shutdown: None,
+            task: None,
+        };
+        server.serve(listener);
+        server
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (tx, rx) = oneshot::channel::<()>();
+        let state = AppState::new(self.store.clone(), self.config.clone());
+        self.task = Some(tokio::spawn(tandem_server::serve(listener, state, async {
+            let _ = rx.await;
+        })));
+        self.shutdown = Some(tx);
+    }
+
+    /// Stops the server as a deploy would (requests in flight finish,
+    /// WebSockets are closed with 1001) and starts a new one on the same
+    /// database and address.
+    pub async fn restart(&mut self) {
+        self.shutdown_server().await;
+        self.store = Store::connect(&self.config.database)
+            .await
+            .expect("reconnect");
+        let address = self.url.trim_start_matches("http://").to_owned();
+        let listener = TcpListener::bind(&address).await.expect("rebind");
+        self.serve(listener);
+    }
+
+    /// `ws://127.0.0.1:PORT/v1/ws`
+    pub fn ws_url(&self) -> String {
+        format!("{}/v1/ws", self.url.replacen("http://", "ws://", 1))
+    }
+
+    /// A WebSocket to the hub, authenticated with a Bearer token.
+    pub async fn ws(&self, token: &str) -> ws::WsClient {
+        ws::WsClient::connect(&self.ws_url(), Some(token), None)
+            .await
+            .expect("WebSocket upgrade")
+    }
+
+    /// A single-use ticket for `GET /v1/ws?ticket=…`.
+    pub async fn ws_ticket(&self, token: &str) -> String {
+        let response = self.post("/v1/ws/tickets", token, Value::Null).await;
+        assert_eq!(response.status, StatusCode::CREATED, "{}", response.body);
+        response.body["ticket"].as_str().expect("ticket").to_owned()
+    }
+
+    /// Posts a text message as admin (role `user`) and returns its seq.
+    pub async fn post_text(&self, thread: &str, text: &str) -> i64 {
+        let response = self
+            .post(
+                &format!("/v1/threads/{thread}/messages"),
+                &self.admin,
+                serde_json::json!({"content": text}),
+            )
+            .await;
+        assert_eq!(response.status, StatusCode::CREATED, "{}", response.body);
+        response.body["seq"].as_i64().expect("seq")
     }
 
     /// Mints a token and returns its secret.

@@ -1,8 +1,10 @@
-//! The REST API: one module per resource, each with its `router()`.
+//! The API: one module per resource, each with its `router()`, and the
+//! WebSocket upgrade into the hub ([`ws`]).
 
 pub mod messages;
 pub mod ops;
 pub mod threads;
+pub mod ws;
 
 use aide::axum::ApiRouter;
 use serde::Serialize;
@@ -17,6 +19,7 @@ pub fn v1_router() -> ApiRouter<AppState> {
     ApiRouter::new()
         .merge(threads::router())
         .merge(messages::router())
+        .merge(ws::router())
 }
 
 /// Scopes a client's `Idempotency-Key` to its token and route, with a digest

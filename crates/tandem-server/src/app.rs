@@ -42,7 +42,8 @@ pub fn build_app(state: AppState) -> Router {
     let router = ApiRouter::new()
         .merge(authenticated)
         .merge(api::ops::router())
-        .finish_api(&mut openapi);
+        .finish_api(&mut openapi)
+        .merge(api::ws::upgrade_router());
     openapi
         .components
         .get_or_insert_default()
@@ -108,13 +109,15 @@ pub fn build_app(state: AppState) -> Router {
 }
 
 /// Serves the app on `listener` until `shutdown` resolves, then lets the
-/// requests in flight finish and closes the store.
+/// requests in flight finish, closes the WebSockets and closes the store.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let store = state.store.clone();
+    let hub = state.hub.clone();
+    hub.start();
     let app = build_app(state);
     let listener = listener.tap_io(|tcp| {
         // Small JSON answers must not wait on Nagle's algorithm.
@@ -126,6 +129,8 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await?;
+    // WebSockets outlive their upgrade request: close them (1001) and wait.
+    hub.shutdown().await;
     store.close().await;
     Ok(())
 }

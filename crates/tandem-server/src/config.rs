@@ -18,6 +18,7 @@ pub struct Config {
     pub database: DatabaseOptions,
     pub limits: Limits,
     pub rate_limits: RateLimitConfig,
+    pub hub: HubConfig,
     pub log: LogConfig,
 }
 
@@ -28,6 +29,7 @@ impl Default for Config {
             database: DatabaseOptions::default(),
             limits: Limits::default(),
             rate_limits: RateLimitConfig::default(),
+            hub: HubConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -98,6 +100,65 @@ impl Default for RateLimitConfig {
 pub struct Quota {
     pub per_second: u32,
     pub burst: u32,
+}
+
+/// The WebSocket hub: who may connect, and how much each connection may cost.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubConfig {
+    /// Browser origins allowed besides the server's own, exactly as browsers
+    /// send them (`https://shop.example.com`, `http://localhost:3000`).
+    pub allowed_origins: Vec<String>,
+    /// Largest frame or message a client may send, in bytes (closed with
+    /// 1009 above it).
+    pub max_message_bytes: usize,
+    /// Bytes read from a socket at a time; the buffer every connection keeps.
+    pub read_buffer_bytes: usize,
+    /// Frames waiting to be sent to one connection before it is closed as
+    /// too slow (4008).
+    pub queue_frames: usize,
+    /// Bytes waiting to be sent to one connection before it is closed as too
+    /// slow (4008).
+    pub queue_bytes: usize,
+    /// Most stored messages replayed on `subscribe`; a larger gap is answered
+    /// `recovered: false` for the client to page over REST.
+    pub replay_limit: u32,
+    /// Topics one connection may subscribe to at once.
+    pub max_subscriptions: usize,
+    /// Sockets one token may hold open at once.
+    pub max_connections_per_token: usize,
+    /// Seconds between server pings; a connection silent for two intervals
+    /// is closed (4010).
+    pub ping_interval_secs: u64,
+    /// Frames a client may send per second, on average.
+    pub frames_per_second: u32,
+    /// Frames a client may send at once.
+    pub frames_burst: u32,
+    /// Seconds a ticket from `POST /v1/ws/tickets` stays valid.
+    pub ticket_ttl_secs: u64,
+    /// On PostgreSQL, seconds between checks of every subscribed thread
+    /// against the table: the safety net under the change signals.
+    pub poll_interval_secs: u64,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            max_message_bytes: 64 * 1024,
+            read_buffer_bytes: 4 * 1024,
+            queue_frames: 4_096,
+            queue_bytes: 4 * 1024 * 1024,
+            replay_limit: 1_000,
+            max_subscriptions: 100,
+            max_connections_per_token: 100,
+            ping_interval_secs: 20,
+            frames_per_second: 20,
+            frames_burst: 100,
+            ticket_ttl_secs: 60,
+            poll_interval_secs: 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

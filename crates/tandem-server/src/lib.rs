@@ -8,12 +8,15 @@
 //! - [`http`]: what every route shares: the error type and its one mapping to
 //!   HTTP, extractors that keep bad input in that format, authentication,
 //!   rate limits and request metrics.
+//! - [`hub`]: the WebSocket push hub: subscriptions, fan-out in `seq` order,
+//!   backpressure, and the signals that keep several processes in step.
 //! - [`state`]: the small bundle of handles each request gets.
 
 pub mod api;
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod hub;
 pub mod state;
 
 pub use app::{build_app, serve};

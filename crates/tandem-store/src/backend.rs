@@ -114,6 +114,10 @@ struct Inner {
     /// Live tokens by secret hash, so authenticating a request usually costs
     /// no query.
     token_cache: moka::sync::Cache<String, crate::Token>,
+    /// This process's name on the database (PostgreSQL's
+    /// `application_name`), unique per `Store`: change signals name the
+    /// process that made the change.
+    node: String,
 }
 
 enum Backend {
@@ -185,8 +189,9 @@ impl Store {
     /// Connects to the database the options name. Does not migrate.
     pub async fn connect(options: &DatabaseOptions) -> Result<Self, StoreError> {
         let url = options.url.trim();
+        let node = format!("tandem/{}", uuid::Uuid::now_v7().simple());
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let mut connect = PgConnectOptions::from_str(url)?;
+            let mut connect = PgConnectOptions::from_str(url)?.application_name(&node);
             if let Some(schema) = &options.schema {
                 connect = connect.options([("search_path", schema.as_str())]);
             }
@@ -229,6 +234,7 @@ impl Store {
                     .max_capacity(TOKEN_CACHE_CAPACITY)
                     .time_to_live(TOKEN_CACHE_TTL)
                     .build(),
+                node,
             }),
         })
     }
@@ -273,6 +279,11 @@ impl Store {
             }
             Backend::Postgres { pool } => pool.close().await,
         }
+    }
+
+    /// This process's name on the database, as change signals carry it.
+    pub fn node(&self) -> &str {
+        &self.inner.node
     }
 
     pub(crate) fn token_cache(&self) -> &moka::sync::Cache<String, crate::Token> {

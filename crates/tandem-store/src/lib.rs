@@ -10,7 +10,8 @@
 //! - [`backend`]: connecting, migrating, and the write path that every change
 //!   takes: a transaction on PostgreSQL, a group commit on SQLite.
 //! - [`queries`]: `impl Store` split by topic (threads, messages, tokens,
-//!   idempotency records).
+//!   idempotency records, inbox items, WebSocket tickets, and the change
+//!   signals server processes send each other on PostgreSQL).
 //! - [`error`]: [`StoreError`], whose variants the server maps to HTTP.
 
 pub mod backend;
@@ -22,3 +23,5 @@ pub use backend::{DatabaseOptions, Store, Synchronous};
 pub use error::StoreError;
 pub use model::*;
 pub use queries::idempotency::{IdempotencyKey, Written};
+pub use queries::signals::{SIGNAL_CHANNEL, SignalListener};
+pub use queries::tickets::WsTicket;

@@ -3,12 +3,14 @@
 
 mod enums;
 mod ids;
+mod inbox;
 mod message;
 mod thread;
 mod token;
 
 pub use enums::*;
 pub use ids::*;
+pub use inbox::*;
 pub use message::*;
 pub use thread::*;
 pub use token::*;

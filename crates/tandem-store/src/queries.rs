@@ -1,8 +1,11 @@
 //! `impl Store`, split by topic.
 
 pub mod idempotency;
+pub mod inbox;
 pub mod messages;
+pub mod signals;
 pub mod threads;
+pub mod tickets;
 pub mod tokens;
 
 use chrono::{DateTime, SubsecRound, Utc};

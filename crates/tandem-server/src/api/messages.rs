@@ -61,7 +61,16 @@ async fn post_message(
         &request,
     );
     let new = rules::new_message(&principal, id, request, &state.config.limits)?;
-    let written = state.store.post_message(new, idempotency).await?;
+    let (store, hub) = (state.store.clone(), state.hub.clone());
+    // The commit and its publication finish together even if the client
+    // hangs up half-way: subscribers never wait for a message that was stored.
+    let written = tokio::spawn(async move {
+        let written = store.post_message(new, idempotency).await?;
+        hub.publish_message(&written.value);
+        Ok::<_, tandem_store::StoreError>(written)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("posting task failed: {e}")))??;
     Ok(written.into())
 }
 

@@ -200,7 +200,9 @@ async fn patch_thread(
         status: request.status,
         metadata: request.metadata.map(Value::Object),
     };
-    Ok(Json(state.store.update_thread(id, patch).await?))
+    let thread = state.store.update_thread(id, patch).await?;
+    state.hub.publish_thread(&thread);
+    Ok(Json(thread))
 }
 
 fn check_title(title: Option<String>) -> Result<Option<String>, ApiError> {

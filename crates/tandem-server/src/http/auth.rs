@@ -10,8 +10,8 @@ use aide::generate::GenContext;
 use aide::openapi::Operation;
 use aide::operation::OperationInput;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tandem_store::{Token, TokenId, TokenKind};
@@ -97,37 +97,60 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let secret = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, secret) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| secret.trim())
-        });
-    let token = match secret {
+    let client = client_address(&request);
+    let token = match bearer_secret(request.headers()) {
         Some(secret) => match state.store.authenticate(secret).await {
             Ok(token) => token,
             Err(e) => return ApiError::from(e).into_response(),
         },
         None => None,
     };
+    match admit(&state, token, client) {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+/// The address the request came from (unspecified when unknown).
+pub fn client_address(request: &Request) -> IpAddr {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// The secret of an `Authorization: Bearer …` header.
+pub fn bearer_secret(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, secret) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| secret.trim())
+        })
+}
+
+/// The caller a resolved token stands for, after the rate limit of its kind
+/// (or, without a valid token, of the client address).
+pub fn admit(
+    state: &AppState,
+    token: Option<Token>,
+    client: IpAddr,
+) -> Result<Principal, ApiError> {
     let Some(principal) = token.and_then(Principal::from_token) else {
         if let Err(retry_after) = state.rate_limits.check_anonymous(client) {
             state.metrics.rate_limited("anonymous");
-            return ApiError::RateLimited { retry_after }.into_response();
+            return Err(ApiError::RateLimited { retry_after });
         }
-        return ApiError::Unauthorized.into_response();
+        return Err(ApiError::Unauthorized);
     };
     if let Err(retry_after) = state.rate_limits.check_token(&principal) {
         state.metrics.rate_limited(principal.kind().as_str());
-        return ApiError::RateLimited { retry_after }.into_response();
+        return Err(ApiError::RateLimited { retry_after });
     }
-    request.extensions_mut().insert(principal);
-    next.run(request).await
+    Ok(principal)
 }

@@ -37,6 +37,10 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("{message}")]
     Unprocessable { code: &'static str, message: String },
+    #[error("this token already holds {limit} WebSocket connections")]
+    TooManyConnections { limit: usize },
+    #[error("this route takes a WebSocket upgrade request")]
+    UpgradeRequired,
     #[error("too many requests; retry after {} s", retry_after_secs(*.retry_after))]
     RateLimited { retry_after: Duration },
     #[error("service unavailable: {0}")]
@@ -79,7 +83,10 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyConnections { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -97,6 +104,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "body_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RateLimited { .. } => "rate_limited",
+            Self::TooManyConnections { .. } => "too_many_connections",
+            Self::UpgradeRequired => "websocket_upgrade_required",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }

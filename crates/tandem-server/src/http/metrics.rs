@@ -45,6 +45,13 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     rate_limited: Family<KindLabels, Counter>,
     pool: Family<PoolLabels, Gauge>,
+    ws_connections: Gauge,
+    ws_closed: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -84,13 +91,41 @@ impl Metrics {
             "Database pool connections, by state",
             pool.clone(),
         );
+        let ws_connections = Gauge::default();
+        registry.register(
+            "ws_connections",
+            "Open WebSocket connections",
+            ws_connections.clone(),
+        );
+        let ws_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "ws_closed",
+            "WebSocket connections the server closed, by reason",
+            ws_closed.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             rate_limited,
             pool,
+            ws_connections,
+            ws_closed,
         }
+    }
+
+    pub fn ws_connected(&self) {
+        self.ws_connections.inc();
+    }
+
+    pub fn ws_disconnected(&self) {
+        self.ws_connections.dec();
+    }
+
+    /// A connection the server closed: `too_slow`, `no_pong`, `flood`,
+    /// `too_big`, `shutdown`.
+    pub fn ws_closed(&self, reason: &'static str) {
+        self.ws_closed.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     pub fn rate_limited(&self, kind: &str) {

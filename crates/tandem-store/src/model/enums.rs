@@ -148,3 +148,27 @@ text_enum! {
         Customer = "customer",
     }
 }
+
+text_enum! {
+    /// Why an inbox item asks for a human.
+    pub enum InboxKind {
+        /// The AI asked a human a question through a tool call.
+        Question = "question",
+        /// An AI draft waits for approval.
+        Approval = "approval",
+        /// The AI or the router handed the thread over.
+        Escalation = "escalation",
+        /// A thread assigned to humans needs a reply.
+        Handoff = "handoff",
+    }
+}
+
+text_enum! {
+    /// Where an inbox item stands.
+    pub enum InboxStatus {
+        Open = "open",
+        Claimed = "claimed",
+        Resolved = "resolved",
+        Expired = "expired",
+    }
+}

@@ -55,3 +55,7 @@ id_type!(
     /// An API token (its id, never its secret).
     TokenId
 );
+id_type!(
+    /// An item of the human inbox.
+    InboxItemId
+);

@@ -4,7 +4,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 
 use super::idempotency::{IdempotencyKey, Written};
-use crate::backend::{job, on_conn, on_pool};
+use crate::backend::{Pool, job, on_conn, on_pool};
 use crate::{
     AssignedTo, NewThread, Store, StoreError, Thread, ThreadFilter, ThreadId, ThreadPatch,
     ThreadStatus,
@@ -85,6 +85,34 @@ impl Store {
             .bind(customer_scope)
             .fetch_optional(p)
             .await)?)
+    }
+
+    /// The `last_seq` of each of these threads that exists.
+    pub async fn last_seqs(&self, ids: &[ThreadId]) -> Result<Vec<(ThreadId, i64)>, StoreError> {
+        match self.pool() {
+            Pool::Postgres(pool) => {
+                let ids: Vec<uuid::Uuid> = ids.iter().map(|id| id.0).collect();
+                Ok(
+                    sqlx::query_as("SELECT id, last_seq FROM threads WHERE id = ANY($1)")
+                        .bind(ids)
+                        .fetch_all(pool)
+                        .await?,
+                )
+            }
+            // One process owns a SQLite file, so this is rarely asked there.
+            Pool::Sqlite(pool) => {
+                let mut found = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let last_seq: Option<i64> =
+                        sqlx::query_scalar("SELECT last_seq FROM threads WHERE id = $1")
+                            .bind(id)
+                            .fetch_optional(pool)
+                            .await?;
+                    found.extend(last_seq.map(|seq| (*id, seq)));
+                }
+                Ok(found)
+            }
+        }
     }
 
     /// Threads matching the filter, newest first.

@@ -13,7 +13,7 @@ const SECRET_PREFIX: &str = "tdm_";
 
 /// The stored form of a secret. Secrets are 256 random bits, so a plain
 /// SHA-256 is enough: there is nothing to brute-force.
-fn hash_secret(secret: &str) -> String {
+pub(crate) fn hash_secret(secret: &str) -> String {
     let digest = Sha256::digest(secret.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -1,0 +1,301 @@
+//! The push hub: every change, to every subscriber, in order, once.
+//!
+//! The store is the record and the hub only a fast path to it. Writers hand
+//! the hub what they committed ([`Hub::publish_message`], …) after the commit;
+//! on PostgreSQL other server processes learn of it from a small signal and
+//! re-read the rows. Each thread's [`thread_feed`] fans messages out in `seq`
+//! order and reads from the store whatever it has not seen, so a subscriber
+//! gets every message exactly once whichever way it arrived.
+//!
+//! - [`protocol`]: the frames and close codes.
+//! - [`outbox`]: each connection's bounded queue; a subscriber that falls
+//!   behind is closed, never waited for.
+//! - [`thread_feed`]: one thread's subscribers and its delivered `seq`.
+//! - [`subscriptions`]: `impl Hub` for what a connection asks: subscribe
+//!   (replay, then live), unsubscribe, typing, presence.
+//! - [`signals`]: the PostgreSQL listener and safety-net poll that keep
+//!   several processes in step.
+
+pub mod outbox;
+pub mod protocol;
+mod signals;
+pub mod subscriptions;
+pub mod thread_feed;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use tandem_store::{InboxItem, Message, MessageFilter, Store, Thread, ThreadId, TokenId};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::HubConfig;
+use crate::http::metrics::Metrics;
+use outbox::Outbox;
+use protocol::ServerFrame;
+use thread_feed::{EncodedMessage, ThreadFeed};
+
+/// Rows read from the store at a time when a feed or a subscriber catches up.
+const FETCH_PAGE: u32 = 500;
+
+/// One WebSocket connection, unique in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(pub u64);
+
+/// The hub's handle: cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    config: HubConfig,
+    metrics: Arc<Metrics>,
+    next_conn: AtomicU64,
+    threads: Mutex<HashMap<ThreadId, Arc<ThreadFeed>>>,
+    inbox: Mutex<InboxFeed>,
+    /// Agents looking at threads from other processes: thread → process →
+    /// (names, when that process last said so).
+    remote_presence: Mutex<HashMap<ThreadId, HashMap<String, (Vec<String>, Instant)>>>,
+    connections: Mutex<HashMap<TokenId, usize>>,
+    /// Connections, fetches and the signal listener; joined at shutdown.
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// Subscribers of the `inbox` topic.
+#[derive(Default)]
+struct InboxFeed {
+    /// Counts changes, so a subscriber's snapshot can tell whether it missed one.
+    version: u64,
+    subscribers: Vec<InboxSubscriber>,
+}
+
+struct InboxSubscriber {
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+    live: bool,
+}
+
+/// A connection counted against its token's limit until dropped.
+pub struct Admission {
+    hub: Hub,
+    token: TokenId,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut connections = lock(&self.hub.inner.connections);
+        if let Some(count) = connections.get_mut(&self.token) {
+            *count -= 1;
+            if *count == 0 {
+                connections.remove(&self.token);
+            }
+        }
+        drop(connections);
+        self.hub.inner.metrics.ws_disconnected();
+    }
+}
+
+/// Locks a hub mutex. None is held across an `.await`, and a panic while
+/// holding one cannot leave its data invalid.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hub {
+    pub fn new(store: Store, config: HubConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                metrics,
+                next_conn: AtomicU64::new(1),
+                threads: Mutex::default(),
+                inbox: Mutex::default(),
+                remote_presence: Mutex::default(),
+                connections: Mutex::default(),
+                tasks: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    /// Starts the background work: on PostgreSQL, listening for other
+    /// processes' changes. Call once, inside the runtime.
+    pub fn start(&self) {
+        if self.inner.store.kind() == tandem_store::backend::BackendKind::Postgres {
+            let hub = self.clone();
+            self.inner.tasks.spawn(signals::run(hub));
+        }
+    }
+
+    /// Closes every connection (1001) and waits for the hub's tasks to end.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    /// Resolves when the hub is shutting down.
+    pub fn stopping(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.inner.shutdown.cancelled()
+    }
+
+    /// Runs a connection's task so that shutdown waits for it.
+    pub fn track<F>(&self, task: F) -> tokio_util::task::task_tracker::TrackedFuture<F>
+    where
+        F: std::future::Future,
+    {
+        self.inner.tasks.track_future(task)
+    }
+
+    /// Counts a new connection of `token`, or `None` when it already holds
+    /// as many as allowed.
+    pub fn admit(&self, token: TokenId) -> Option<Admission> {
+        let mut connections = lock(&self.inner.connections);
+        let count = connections.entry(token).or_insert(0);
+        if *count >= self.inner.config.max_connections_per_token {
+            return None;
+        }
+        *count += 1;
+        drop(connections);
+        self.inner.metrics.ws_connected();
+        Some(Admission {
+            hub: self.clone(),
+            token,
+        })
+    }
+
+    /// A fresh connection id and its outbound queue.
+    pub fn new_connection(&self) -> (ConnId, Arc<Outbox>) {
+        let id = ConnId(self.inner.next_conn.fetch_add(1, Ordering::Relaxed));
+        let outbox = Outbox::new(
+            self.inner.config.queue_frames,
+            self.inner.config.queue_bytes,
+        );
+        (id, Arc::new(outbox))
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// A message was committed: fan it out to its thread's subscribers.
+    pub fn publish_message(&self, message: &Message) {
+        let Some(feed) = self.feed(message.thread_id) else {
+            return;
+        };
+        let encoded = EncodedMessage::new(message);
+        let mut state = feed.lock();
+        state.wanted = state.wanted.max(message.seq);
+        if !state.deliver(&encoded) {
+            self.ensure_fetch(&feed, &mut state);
+        }
+    }
+
+    /// A thread's status, assignment or title changed.
+    pub fn publish_thread(&self, thread: &Thread) {
+        let frame = Utf8Bytes::from(ServerFrame::Thread { thread }.encode());
+        if let Some(feed) = self.feed(thread.id) {
+            feed.lock().broadcast(&frame, true, None);
+        }
+        let mut inbox = lock(&self.inner.inbox);
+        inbox.version += 1;
+        for subscriber in inbox.subscribers.iter().filter(|s| s.live) {
+            let _ = subscriber.outbox.push(frame.clone());
+        }
+    }
+
+    /// An inbox item opened or changed.
+    pub fn publish_inbox(&self, item: &InboxItem) {
+        let frame = Utf8Bytes::from(ServerFrame::Inbox { item }.encode());
+        let mut inbox = lock(&self.inner.inbox);
+        inbox.version += 1;
+        for subscriber in inbox.subscribers.iter().filter(|s| s.live) {
+            let _ = subscriber.outbox.push(frame.clone());
+        }
+    }
+
+    fn feed(&self, thread_id: ThreadId) -> Option<Arc<ThreadFeed>> {
+        lock(&self.inner.threads).get(&thread_id).cloned()
+    }
+
+    /// Starts reading a feed's missing rows from the store, unless that is
+    /// already under way or nothing is missing.
+    fn ensure_fetch(&self, feed: &Arc<ThreadFeed>, state: &mut thread_feed::FeedState) {
+        if state.fetching || !state.behind() {
+            return;
+        }
+        state.fetching = true;
+        let hub = self.clone();
+        let feed = feed.clone();
+        self.inner.tasks.spawn(async move { hub.fetch(feed).await });
+    }
+
+    /// Reads the rows after a feed's delivered seq and fans them out, until
+    /// the feed has everything it knows of.
+    async fn fetch(self, feed: Arc<ThreadFeed>) {
+        let mut failures = 0u32;
+        loop {
+            let after_seq = {
+                let mut state = feed.lock();
+                match state.delivered {
+                    Some(delivered) if state.behind() => delivered,
+                    _ => {
+                        state.fetching = false;
+                        return;
+                    }
+                }
+            };
+            let filter = MessageFilter {
+                after_seq,
+                limit: FETCH_PAGE,
+                customer_view: false,
+            };
+            match self
+                .inner
+                .store
+                .list_messages(feed.thread_id, &filter)
+                .await
+            {
+                Ok(rows) => {
+                    failures = 0;
+                    let encoded: Vec<_> = rows.iter().map(EncodedMessage::new).collect();
+                    let mut state = feed.lock();
+                    let mut progressed = false;
+                    for message in &encoded {
+                        progressed |= state.deliver(message);
+                    }
+                    if !progressed {
+                        // The rows are not there: nothing more to do until the
+                        // next signal or poll says otherwise.
+                        state.wanted = state.delivered.unwrap_or(0);
+                        state.fetching = false;
+                        return;
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(%error, thread_id = %feed.thread_id, "hub: reading missed messages failed");
+                    let backoff = Duration::from_millis(100 << failures.min(6));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.inner.shutdown.cancelled() => {
+                            feed.lock().fetching = false;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

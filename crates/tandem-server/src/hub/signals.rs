@@ -1,0 +1,247 @@
+//! Keeping several server processes in step on PostgreSQL.
+//!
+//! Triggers send a signal at every commit that adds a message or changes a
+//! thread or an inbox item; processes send typing and presence themselves.
+//! A signal only says what changed: the hub re-reads rows from the tables, so
+//! a signal lost while the listener reconnects loses nothing. After every
+//! (re)connection, and every `poll_interval_secs` as a safety net, every
+//! subscribed thread is checked against the table.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tandem_store::ThreadId;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::protocol::Typist;
+use super::{Hub, lock};
+
+/// How often this process repeats who looks at which thread from here.
+const PRESENCE_HEARTBEAT: Duration = Duration::from_secs(25);
+
+/// Signals read but not yet acted on.
+const SIGNAL_BACKLOG: usize = 8_192;
+
+/// One signal on the channel. `node` is the sending process (its
+/// `application_name`); a process ignores the signals of its own commits,
+/// which it has published already.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Signal {
+    kind: String,
+    id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seq: Option<i64>,
+    #[serde(default)]
+    node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    who: Option<Typist>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    agents: Option<Vec<String>>,
+}
+
+impl Signal {
+    pub(super) fn typing(thread_id: ThreadId, who: Typist) -> Self {
+        Self {
+            kind: "typing".into(),
+            id: thread_id.0,
+            seq: None,
+            node: String::new(),
+            who: Some(who),
+            agents: None,
+        }
+    }
+
+    pub(super) fn presence(thread_id: ThreadId, agents: Vec<String>) -> Self {
+        Self {
+            kind: "presence".into(),
+            id: thread_id.0,
+            seq: None,
+            node: String::new(),
+            who: None,
+            agents: Some(agents),
+        }
+    }
+}
+
+impl Hub {
+    /// Sends an ephemeral signal to the other processes (PostgreSQL only).
+    pub(super) async fn signal(&self, mut signal: Signal) {
+        if self.inner.store.kind() != tandem_store::backend::BackendKind::Postgres {
+            return;
+        }
+        signal.node = self.inner.store.node().to_owned();
+        let payload = serde_json::to_string(&signal).unwrap_or_default();
+        if let Err(error) = self.inner.store.send_signal(&payload).await {
+            tracing::warn!(%error, "hub: sending a signal failed");
+        }
+    }
+
+    /// Acts on one signal from the channel.
+    async fn on_signal(&self, payload: &str) {
+        let signal: Signal = match serde_json::from_str(payload) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "hub: ignoring a malformed signal");
+                return;
+            }
+        };
+        if signal.node == self.inner.store.node() {
+            return;
+        }
+        let thread_id = ThreadId(signal.id);
+        match signal.kind.as_str() {
+            "message" => {
+                let Some(feed) = self.feed(thread_id) else {
+                    return;
+                };
+                let mut state = feed.lock();
+                state.wanted = state.wanted.max(signal.seq.unwrap_or(0));
+                self.ensure_fetch(&feed, &mut state);
+            }
+            "thread" => {
+                if !self.watches_thread(thread_id) {
+                    return;
+                }
+                match self.inner.store.get_thread(thread_id, None).await {
+                    Ok(Some(thread)) => self.publish_thread(&thread),
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(%error, "hub: reading a changed thread failed"),
+                }
+            }
+            "inbox" => {
+                if lock(&self.inner.inbox).subscribers.is_empty() {
+                    return;
+                }
+                let id = tandem_store::InboxItemId(signal.id);
+                match self.inner.store.get_inbox_item(id).await {
+                    Ok(Some(item)) => self.publish_inbox(&item),
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(%error, "hub: reading a changed item failed"),
+                }
+            }
+            "typing" => {
+                if let Some(who) = &signal.who {
+                    self.remote_typing(thread_id, who);
+                }
+            }
+            "presence" => {
+                self.remote_presence(thread_id, signal.node, signal.agents.unwrap_or_default())
+            }
+            other => tracing::debug!(kind = other, "hub: ignoring a signal of unknown kind"),
+        }
+    }
+
+    /// Whether anyone here would hear of a change to this thread.
+    fn watches_thread(&self, thread_id: ThreadId) -> bool {
+        lock(&self.inner.threads).contains_key(&thread_id)
+            || !lock(&self.inner.inbox).subscribers.is_empty()
+    }
+
+    /// Checks every subscribed thread against the table, and reads whatever
+    /// a feed has not delivered.
+    async fn resync(&self) {
+        let feeds: Vec<_> = lock(&self.inner.threads).values().cloned().collect();
+        if feeds.is_empty() {
+            return;
+        }
+        let ids: Vec<ThreadId> = feeds.iter().map(|f| f.thread_id).collect();
+        let last_seqs = match self.inner.store.last_seqs(&ids).await {
+            Ok(last_seqs) => last_seqs,
+            Err(error) => {
+                tracing::warn!(%error, "hub: checking subscribed threads failed");
+                return;
+            }
+        };
+        for (thread_id, last_seq) in last_seqs {
+            if let Some(feed) = self.feed(thread_id) {
+                let mut state = feed.lock();
+                state.wanted = state.wanted.max(last_seq);
+                self.ensure_fetch(&feed, &mut state);
+            }
+        }
+    }
+
+    /// Tells the other processes again who looks at which thread from here.
+    async fn repeat_presence(&self) {
+        for (thread_id, agents) in self.local_presence() {
+            self.signal(Signal::presence(thread_id, agents)).await;
+        }
+        self.expire_remote_presence();
+    }
+}
+
+/// The listener loop: listen, resync, act on signals; on a lost connection,
+/// listen again (with backoff) and resync.
+pub(super) async fn run(hub: Hub) {
+    let poll_every = Duration::from_secs(hub.inner.config.poll_interval_secs.max(1));
+    let mut failures = 0u32;
+    loop {
+        let listener = tokio::select! {
+            listener = hub.inner.store.listen_signals() => listener,
+            _ = hub.inner.shutdown.cancelled() => return,
+        };
+        let mut listener = match listener {
+            Ok(Some(listener)) => listener,
+            Ok(None) => return,
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(%error, "hub: listening for other processes' changes failed; retrying");
+                let backoff = Duration::from_millis(200 << failures.min(5));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => continue,
+                    _ = hub.inner.shutdown.cancelled() => return,
+                }
+            }
+        };
+        if failures > 0 {
+            tracing::info!("hub: listening for other processes' changes again");
+        }
+        failures = 0;
+        // The listener reads in a task of its own, so that the ticks below
+        // never cancel a read half-way.
+        let (signals, mut received) = mpsc::channel::<String>(SIGNAL_BACKLOG);
+        let reader = tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(Some(payload)) => {
+                        if signals.send(payload).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::warn!(
+                            "hub: lost the connection that listens for other processes' changes"
+                        );
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "hub: listening for other processes' changes failed");
+                        return;
+                    }
+                }
+            }
+        });
+        // Whatever was committed while nobody listened is in the tables.
+        hub.resync().await;
+        let mut poll = tokio::time::interval(poll_every);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut presence = tokio::time::interval(PRESENCE_HEARTBEAT);
+        presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                payload = received.recv() => match payload {
+                    Some(payload) => hub.on_signal(&payload).await,
+                    None => break,
+                },
+                _ = poll.tick() => hub.resync().await,
+                _ = presence.tick() => hub.repeat_presence().await,
+                _ = hub.inner.shutdown.cancelled() => {
+                    reader.abort();
+                    let _ = reader.await;
+                    return;
+                }
+            }
+        }
+    }
+}
