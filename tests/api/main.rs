@@ -4,6 +4,8 @@
 mod auth;
 mod bad_input;
 mod hub;
+mod ws_access;
+mod ws_delivery;
 mod idempotency;
 mod messages;
 mod operations;

@@ -152,6 +152,9 @@ pub struct TestServer {
     pub store: Store,
     pub db: TestDb,
     pub client: reqwest::Client,
+    /// The running server's hub, for tests that publish what no route
+    /// writes yet (inbox items).
+    pub hub: tandem_server::hub::Hub,
     config: Config,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
@@ -185,12 +188,14 @@ impl TestServer {
             .secret;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let hub = AppState::new(store.clone(), config.clone()).hub;
         let mut server = TestServer {
             url,
             admin,
             store,
             db,
             client: reqwest::Client::new(),
+            hub,
             config,
             shutdown: None,
             task: None,
@@ -202,6 +207,7 @@ impl TestServer {
     fn serve(&mut self, listener: TcpListener) {
         let (tx, rx) = oneshot::channel::<()>();
         let state = AppState::new(self.store.clone(), self.config.clone());
+        self.hub = state.hub.clone();
         self.task = Some(tokio::spawn(tandem_server::serve(listener, state, async {
             let _ = rx.await;
         })));
