@@ -150,6 +150,10 @@ impl Hub {
         self.inner.shutdown.cancelled()
     }
 
+    pub fn is_stopping(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
     /// Runs a connection's task so that shutdown waits for it.
     pub fn track<F>(&self, task: F) -> tokio_util::task::task_tracker::TrackedFuture<F>
     where

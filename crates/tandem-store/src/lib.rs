@@ -23,5 +23,6 @@ pub use backend::{DatabaseOptions, Store, Synchronous};
 pub use error::StoreError;
 pub use model::*;
 pub use queries::idempotency::{IdempotencyKey, Written};
+pub use queries::messages::PostedMessage;
 pub use queries::signals::{SIGNAL_CHANNEL, SignalListener};
 pub use queries::tickets::WsTicket;

@@ -66,12 +66,18 @@ async fn post_message(
     // hangs up half-way: subscribers never wait for a message that was stored.
     let written = tokio::spawn(async move {
         let written = store.post_message(new, idempotency).await?;
-        hub.publish_message(&written.value);
+        hub.publish_message(&written.value.message);
+        if let Some(thread) = &written.value.reopened {
+            hub.publish_thread(thread);
+        }
         Ok::<_, tandem_store::StoreError>(written)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("posting task failed: {e}")))??;
-    Ok(written.into())
+    Ok(Created {
+        value: written.value.message,
+        replayed: written.replayed,
+    })
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -1,6 +1,7 @@
 //! Messages: post and page.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::types::Json;
 
@@ -8,7 +9,7 @@ use super::idempotency::{IdempotencyKey, Written};
 use crate::backend::{Tx, job, on_conn, on_pool};
 use crate::{
     Author, AuthorKind, Content, Message, MessageFilter, MessageId, MessageStatus, NewMessage,
-    Part, Role, Store, StoreError, ThreadId, Visibility,
+    Part, Role, Store, StoreError, Thread, ThreadId, ThreadStatus, Visibility,
 };
 
 /// The columns a message row is read from, as a literal for `concat!`.
@@ -58,6 +59,16 @@ impl From<MessageRow> for Message {
     }
 }
 
+/// A stored message, and the thread when this message reopened it (a
+/// customer writing into a closed thread), for the hub to announce.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PostedMessage {
+    #[serde(flatten)]
+    pub message: Message,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reopened: Option<Thread>,
+}
+
 impl Store {
     /// Appends a message to its thread with the thread's next `seq`, in the
     /// same transaction that advances the thread (once per idempotency key).
@@ -65,7 +76,7 @@ impl Store {
         &self,
         new: NewMessage,
         idempotency: Option<IdempotencyKey>,
-    ) -> Result<Written<Message>, StoreError> {
+    ) -> Result<Written<PostedMessage>, StoreError> {
         self.write_once(
             idempotency,
             job(move |mut tx| {
@@ -131,8 +142,19 @@ macro_rules! insert_message_sql {
 }
 
 /// Inserts the message and checks the tool calls it makes or answers.
-async fn insert_message(tx: &mut Tx<'_>, new: NewMessage) -> Result<Message, StoreError> {
+async fn insert_message(tx: &mut Tx<'_>, new: NewMessage) -> Result<PostedMessage, StoreError> {
     let now = super::now();
+    // A customer's message reopens a closed thread (a trigger does it); the
+    // hub must hear of that change too.
+    let was_closed = new.role == Role::User && {
+        let status: Option<ThreadStatus> = on_conn!(tx, c => sqlx::query_scalar(
+            "SELECT status FROM threads WHERE id = $1",
+        )
+        .bind(new.thread_id)
+        .fetch_optional(c)
+        .await)?;
+        status == Some(ThreadStatus::Closed)
+    };
     let id = MessageId::new();
     let sql = match tx {
         Tx::Sqlite(_) => insert_message_sql!(""),
@@ -190,7 +212,16 @@ async fn insert_message(tx: &mut Tx<'_>, new: NewMessage) -> Result<Message, Sto
             Part::Text { .. } => {}
         }
     }
-    Ok(message)
+    let reopened = if was_closed {
+        on_conn!(tx, c => sqlx::query_as::<_, Thread>(super::threads::SELECT_THREAD)
+            .bind(message.thread_id)
+            .bind(None::<String>)
+            .fetch_optional(c)
+            .await)?
+    } else {
+        None
+    };
+    Ok(PostedMessage { message, reopened })
 }
 
 async fn record_tool_call(

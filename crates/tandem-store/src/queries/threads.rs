@@ -19,6 +19,13 @@ macro_rules! thread_columns {
     };
 }
 
+/// A thread by id (`$1`), if it is the customer's (`$2`) or `$2` is null.
+pub(crate) const SELECT_THREAD: &str = concat!(
+    "SELECT ",
+    thread_columns!(),
+    " FROM threads WHERE id = $1 AND ($2 IS NULL OR customer_id = $2)"
+);
+
 impl Store {
     /// Creates a thread (once per idempotency key).
     pub async fn create_thread(
@@ -75,12 +82,7 @@ impl Store {
         id: ThreadId,
         customer_scope: Option<&str>,
     ) -> Result<Option<Thread>, StoreError> {
-        const SQL: &str = concat!(
-            "SELECT ",
-            thread_columns!(),
-            " FROM threads WHERE id = $1 AND ($2 IS NULL OR customer_id = $2)"
-        );
-        Ok(on_pool!(self, p => sqlx::query_as::<_, Thread>(SQL)
+        Ok(on_pool!(self, p => sqlx::query_as::<_, Thread>(SELECT_THREAD)
             .bind(id)
             .bind(customer_scope)
             .fetch_optional(p)

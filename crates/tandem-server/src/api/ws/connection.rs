@@ -23,8 +23,13 @@ use crate::hub::subscriptions::Peer;
 use crate::hub::{Admission, Hub};
 
 /// How long a closing connection gets to write what it was writing and its
-/// close frame before it is dropped.
+/// close frame before it is dropped: long enough for a client that stalled
+/// for a while to still learn why it was closed.
 const CLOSE_GRACE: Duration = Duration::from_secs(30);
+
+/// The same, while the server shuts down: a deploy does not wait for stuck
+/// clients.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Typing frames forwarded per thread and connection, at most.
 const TYPING_EVERY: Duration = Duration::from_secs(1);
@@ -63,7 +68,8 @@ pub async fn run(socket: WebSocket, hub: Hub, principal: Principal, admission: A
             if !outbox.is_closed() {
                 outbox.close(CloseReason { code: 1000, reason: "" });
             }
-            if tokio::time::timeout(CLOSE_GRACE, &mut send).await.is_err() {
+            let grace = if hub.is_stopping() { SHUTDOWN_GRACE } else { CLOSE_GRACE };
+            if tokio::time::timeout(grace, &mut send).await.is_err() {
                 send.abort();
             }
         }
@@ -108,7 +114,7 @@ async fn send_loop(
         let wrote = tokio::select! {
             wrote = write_batch(&mut sink, &mut batch) => wrote,
             // A client that does not read cannot stall this task forever.
-            () = closing_deadline(&outbox) => false,
+            () = closing_deadline(&outbox, &hub) => false,
         };
         if !wrote {
             break;
@@ -119,7 +125,8 @@ async fn send_loop(
                 code: reason.code,
                 reason: Utf8Bytes::from_static(reason.reason),
             };
-            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+            let grace = if hub.is_stopping() { SHUTDOWN_GRACE } else { CLOSE_GRACE };
+            let _ = tokio::time::timeout(grace, sink.send(Message::Close(Some(frame)))).await;
             break;
         }
     }
@@ -138,10 +145,19 @@ async fn write_batch(sink: &mut SplitSink<WebSocket, Message>, batch: &mut Vec<U
     sink.flush().await.is_ok()
 }
 
-/// Resolves `CLOSE_GRACE` after the outbox starts closing.
-async fn closing_deadline(outbox: &Outbox) {
-    outbox.closing().await;
-    tokio::time::sleep(CLOSE_GRACE).await;
+/// Resolves a grace period after the outbox starts closing (a short one
+/// when the server is shutting down).
+async fn closing_deadline(outbox: &Outbox, hub: &Hub) {
+    tokio::select! {
+        () = async {
+            outbox.closing().await;
+            tokio::time::sleep(CLOSE_GRACE).await;
+        } => {}
+        () = async {
+            hub.stopping().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {}
+    }
 }
 
 fn close_label(code: u16) -> &'static str {
