@@ -1,4 +1,7 @@
-//! `tandem`: run the server, migrate the database, mint tokens.
+//! `tandem`: run the server, migrate the database, mint tokens, follow a
+//! thread or the inbox ([`tail`]).
+
+mod tail;
 
 use std::path::PathBuf;
 
@@ -37,6 +40,8 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Follow a thread or the inbox over the WebSocket: one JSON frame per line.
+    Tail(tail::TailArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,17 +77,13 @@ enum Subject {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut config = Config::load(cli.config.as_deref()).context("loading configuration")?;
-    if cli.log_json {
-        config.log.format = LogFormat::Json;
-    }
-    init_tracing(&config)?;
-    tracing::debug!(?config, "configuration");
-
+    // Server commands load the configuration; `tail` is a client of some
+    // server and has none.
+    let setup = || setup(cli.config.as_deref(), cli.log_json);
     match cli.command {
-        Command::Serve => run_server(config).await,
+        Command::Serve => run_server(setup()?).await,
         Command::Migrate => {
-            let store = open_store(&config).await?;
+            let store = open_store(&setup()?).await?;
             store.close().await;
             println!("migrations applied");
             Ok(())
@@ -90,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Token {
             command: TokenCommand::Create { subject, label },
         } => {
-            let store = open_store(&config).await?;
+            let store = open_store(&setup()?).await?;
             let subject = match subject {
                 Subject::Admin => TokenSubject::Admin,
                 Subject::Agent { name } => TokenSubject::Agent { name },
@@ -101,7 +102,19 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", minted.secret);
             Ok(())
         }
+        Command::Tail(args) => tail::run(args).await,
     }
+}
+
+/// Loads the configuration and starts logging.
+fn setup(file: Option<&std::path::Path>, log_json: bool) -> anyhow::Result<Config> {
+    let mut config = Config::load(file).context("loading configuration")?;
+    if log_json {
+        config.log.format = LogFormat::Json;
+    }
+    init_tracing(&config)?;
+    tracing::debug!(?config, "configuration");
+    Ok(config)
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Store> {

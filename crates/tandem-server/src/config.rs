@@ -202,7 +202,7 @@ impl Config {
         figment = figment
             .merge(
                 Env::prefixed("TANDEM_")
-                    .ignore(&["config", "test_database_url"])
+                    .ignore(&["config", "test_database_url", "token", "url"])
                     .split("__"),
             )
             .merge(

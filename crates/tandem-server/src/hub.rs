@@ -58,14 +58,16 @@ struct Inner {
     next_conn: AtomicU64,
     threads: Mutex<HashMap<ThreadId, Arc<ThreadFeed>>>,
     inbox: Mutex<InboxFeed>,
-    /// Agents looking at threads from other processes: thread → process →
-    /// (names, when that process last said so).
-    remote_presence: Mutex<HashMap<ThreadId, HashMap<String, (Vec<String>, Instant)>>>,
+    remote_presence: Mutex<HashMap<ThreadId, RemotePresence>>,
     connections: Mutex<HashMap<TokenId, usize>>,
     /// Connections, fetches and the signal listener; joined at shutdown.
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
+
+/// Agents looking at one thread from other processes: process → (names,
+/// when that process last said so).
+type RemotePresence = HashMap<String, (Vec<String>, Instant)>;
 
 /// Subscribers of the `inbox` topic.
 #[derive(Default)]

@@ -25,6 +25,9 @@ use crate::AppState;
 use crate::config::HubConfig;
 use crate::http::{ApiError, ApiQuery, Created, Principal, auth};
 
+/// Bytes of frames gathered before a write to the socket, within a batch.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
 /// Authenticated routes (behind the Bearer middleware).
 pub fn router() -> ApiRouter<AppState> {
     ApiRouter::new().api_route("/v1/ws/tickets", post(create_ticket))
@@ -99,8 +102,9 @@ async fn upgrade(
     let max = config.max_message_bytes;
     Ok(upgrade
         .read_buffer_size(config.read_buffer_bytes)
-        // Frames are written as they come, batched by the send task's flush.
-        .write_buffer_size(0)
+        // The send task feeds a batch and flushes once: one write for many
+        // frames. The buffer grows only as far as a batch needs.
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(config.queue_bytes.max(max) + max)
         .max_message_size(max)
         .max_frame_size(max)
