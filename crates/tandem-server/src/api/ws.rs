@@ -1,9 +1,9 @@
 //! `/v1/ws/tickets` and `/v1/ws`: getting a WebSocket to the hub.
 //!
 //! The upgrade is checked in this order, each refusal an HTTP error before
-//! any WebSocket exists: the `Origin` (403), the credentials (a ticket or a
-//! Bearer token, 401), the request being an upgrade (426), and the token's
-//! number of open sockets (429).
+//! any WebSocket exists: the `Origin` (403), the request being an upgrade
+//! (426), the credentials (a ticket or a Bearer token, 401), and the token's
+//! number of open sockets (429). A ticket is spent by the last check only.
 
 mod connection;
 
@@ -85,13 +85,13 @@ async fn upgrade(
             "this origin may not open a WebSocket here",
         ));
     }
+    let upgrade = upgrade.map_err(|_| ApiError::UpgradeRequired)?;
     let token = match (query.ticket, auth::bearer_secret(&headers)) {
         (Some(ticket), _) => state.store.redeem_ws_ticket(&ticket).await?,
         (None, Some(secret)) => state.store.authenticate(secret).await?,
         (None, None) => None,
     };
     let principal = auth::admit(&state, token, client.ip())?;
-    let upgrade = upgrade.map_err(|_| ApiError::UpgradeRequired)?;
     let hub = state.hub.clone();
     let config = hub.config().clone();
     let admission = hub
@@ -115,7 +115,8 @@ async fn upgrade(
 }
 
 /// Whether a browser on this `Origin` may connect: no `Origin` (not a
-/// browser), the server's own origin, or one listed in `allowed_origins`,
+/// browser), the server's own host (the request's `Host`, by either scheme,
+/// since a TLS proxy may stand in front), or one listed in `allowed_origins`,
 /// compared exactly. `null` (sandboxed frames, files) is never allowed.
 fn origin_allowed(headers: &HeaderMap, config: &HubConfig) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
