@@ -252,10 +252,10 @@ impl Hub {
     async fn fetch(self, feed: Arc<ThreadFeed>) {
         let mut failures = 0u32;
         loop {
-            let after_seq = {
+            let (after_seq, wanted) = {
                 let mut state = feed.lock();
                 match state.delivered {
-                    Some(delivered) if state.behind() => delivered,
+                    Some(delivered) if state.behind() => (delivered, state.wanted),
                     _ => {
                         state.fetching = false;
                         return;
@@ -281,9 +281,9 @@ impl Hub {
                     for message in &encoded {
                         progressed |= state.deliver(message);
                     }
-                    if !progressed {
-                        // The rows are not there: nothing more to do until the
-                        // next signal or poll says otherwise.
+                    if !progressed && state.wanted == wanted {
+                        // The rows are not there and nothing new was heard
+                        // of meanwhile: wait for the next signal or poll.
                         state.wanted = state.delivered.unwrap_or(0);
                         state.fetching = false;
                         return;
