@@ -4,9 +4,9 @@
 mod auth;
 mod bad_input;
 mod hub;
-mod ws_access;
-mod ws_delivery;
 mod idempotency;
 mod messages;
 mod operations;
 mod threads;
+mod ws_access;
+mod ws_delivery;

@@ -360,16 +360,21 @@ impl Session {
                 ),
             ));
         }
-        match topic {
+        // Counted before the subscribe awaits: if the connection ends half-way
+        // (this future is then dropped), `leave_all` still takes it out.
+        self.topics.insert(topic);
+        let subscribed = match topic {
             Topic::Thread(thread_id) => {
                 self.hub
                     .subscribe_thread(&self.peer, thread_id, after_seq)
-                    .await?
+                    .await
             }
-            Topic::Inbox => self.hub.subscribe_inbox(&self.peer).await?,
+            Topic::Inbox => self.hub.subscribe_inbox(&self.peer).await,
+        };
+        if subscribed.is_err() {
+            self.topics.remove(&topic);
         }
-        self.topics.insert(topic);
-        Ok(())
+        subscribed
     }
 
     async fn send(&self, frame: String) -> Result<(), FrameError> {
