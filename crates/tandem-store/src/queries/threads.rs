@@ -82,11 +82,13 @@ impl Store {
         id: ThreadId,
         customer_scope: Option<&str>,
     ) -> Result<Option<Thread>, StoreError> {
-        Ok(on_pool!(self, p => sqlx::query_as::<_, Thread>(SELECT_THREAD)
+        Ok(
+            on_pool!(self, p => sqlx::query_as::<_, Thread>(SELECT_THREAD)
             .bind(id)
             .bind(customer_scope)
             .fetch_optional(p)
-            .await)?)
+            .await)?,
+        )
     }
 
     /// The `last_seq` of each of these threads that exists.

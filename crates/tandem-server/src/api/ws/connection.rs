@@ -125,7 +125,11 @@ async fn send_loop(
                 code: reason.code,
                 reason: Utf8Bytes::from_static(reason.reason),
             };
-            let grace = if hub.is_stopping() { SHUTDOWN_GRACE } else { CLOSE_GRACE };
+            let grace = if hub.is_stopping() {
+                SHUTDOWN_GRACE
+            } else {
+                CLOSE_GRACE
+            };
             let _ = tokio::time::timeout(grace, sink.send(Message::Close(Some(frame)))).await;
             break;
         }
