@@ -127,8 +127,9 @@ pub struct HubConfig {
     pub max_subscriptions: usize,
     /// Sockets one token may hold open at once.
     pub max_connections_per_token: usize,
-    /// Seconds between server pings; a connection silent for two intervals
-    /// is closed (4010).
+    /// Seconds between server pings; a connection that has said nothing
+    /// since the previous ping is closed (4010), so a dead peer goes within
+    /// two intervals.
     pub ping_interval_secs: u64,
     /// Frames a client may send per second, on average.
     pub frames_per_second: u32,

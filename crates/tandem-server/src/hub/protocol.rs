@@ -15,7 +15,7 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// The outbound queue overflowed: reconnect and resubscribe with `after_seq`.
     pub const TOO_SLOW: u16 = 4008;
-    /// No sign of life for two ping intervals.
+    /// No sign of life (not even a pong) since the previous ping.
     pub const NO_PONG: u16 = 4010;
 }
 

@@ -93,20 +93,31 @@ async fn send_loop(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::new();
+    let mut stopping = false;
+    let mut pinged_at: Option<u64> = None;
     loop {
         let close = tokio::select! {
             close = outbox.next_batch(&mut batch) => close,
             _ = ping.tick() => {
-                let silent = started.elapsed()
-                    .saturating_sub(Duration::from_millis(last_heard.load(Ordering::Relaxed)));
-                if silent > 2 * interval {
+                // A live client answers a ping within the interval; one that
+                // has said nothing since the last ping is dead, and goes at
+                // most two intervals after it last spoke.
+                // Both sides count whole milliseconds since `started`; the
+                // ping's time is taken before it leaves, so a quick pong is
+                // never older than its ping.
+                let heard = last_heard.load(Ordering::Relaxed);
+                if pinged_at.is_some_and(|pinged| heard < pinged) {
                     outbox.close(CloseReason { code: close::NO_PONG, reason: "no pong" });
-                } else if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    continue;
+                }
+                pinged_at = Some(millis_since(started));
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
                     break;
                 }
                 continue;
             }
-            () = hub.stopping() => {
+            () = hub.stopping(), if !stopping => {
+                stopping = true;
                 outbox.close(CloseReason { code: close::GOING_AWAY, reason: "server shutting down" });
                 continue;
             }
@@ -138,6 +149,11 @@ async fn send_loop(
         code: 1000,
         reason: "",
     });
+}
+
+/// Whole milliseconds since `start`.
+fn millis_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 async fn write_batch(sink: &mut SplitSink<WebSocket, Message>, batch: &mut Vec<Utf8Bytes>) -> bool {
@@ -219,7 +235,7 @@ impl Session {
         last_heard: &AtomicU64,
     ) {
         while let Some(received) = stream.next().await {
-            last_heard.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            last_heard.store(millis_since(started), Ordering::Relaxed);
             let message = match received {
                 Ok(message) => message,
                 Err(error) => {
