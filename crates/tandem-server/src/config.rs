@@ -147,7 +147,7 @@ impl Default for HubConfig {
         Self {
             allowed_origins: Vec::new(),
             max_message_bytes: 64 * 1024,
-            read_buffer_bytes: 4 * 1024,
+            read_buffer_bytes: 2 * 1024,
             queue_frames: 4_096,
             queue_bytes: 4 * 1024 * 1024,
             replay_limit: 1_000,

@@ -11,11 +11,14 @@
 //! - [`outbox`]: each connection's bounded queue; a subscriber that falls
 //!   behind is closed, never waited for.
 //! - [`thread_feed`]: one thread's subscribers and its delivered `seq`.
+//! - [`fetcher`]: reads from the store what feeds have missed, many threads
+//!   per query.
 //! - [`subscriptions`]: `impl Hub` for what a connection asks: subscribe
 //!   (replay, then live), unsubscribe, typing, presence.
 //! - [`signals`]: the PostgreSQL listener and safety-net poll that keep
 //!   several processes in step.
 
+mod fetcher;
 pub mod outbox;
 pub mod protocol;
 mod signals;
@@ -25,10 +28,10 @@ pub mod thread_feed;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
-use tandem_store::{InboxItem, Message, MessageFilter, Store, Thread, ThreadId, TokenId};
+use tandem_store::{InboxItem, Message, Store, Thread, ThreadId, TokenId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -38,7 +41,7 @@ use outbox::Outbox;
 use protocol::ServerFrame;
 use thread_feed::{EncodedMessage, ThreadFeed};
 
-/// Rows read from the store at a time when a feed or a subscriber catches up.
+/// Rows read from the store at a time when a subscriber catches up.
 const FETCH_PAGE: u32 = 500;
 
 /// One WebSocket connection, unique in this process.
@@ -60,6 +63,9 @@ struct Inner {
     inbox: Mutex<InboxFeed>,
     remote_presence: Mutex<HashMap<ThreadId, RemotePresence>>,
     connections: Mutex<HashMap<TokenId, usize>>,
+    /// Feeds waiting for the fetcher, and its wake-up.
+    fetch_queue: Mutex<Vec<Arc<ThreadFeed>>>,
+    fetch_ready: tokio::sync::Notify,
     /// Connections, fetches and the signal listener; joined at shutdown.
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -121,6 +127,8 @@ impl Hub {
                 inbox: Mutex::default(),
                 remote_presence: Mutex::default(),
                 connections: Mutex::default(),
+                fetch_queue: Mutex::default(),
+                fetch_ready: tokio::sync::Notify::new(),
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
             }),
@@ -131,9 +139,11 @@ impl Hub {
         &self.inner.config
     }
 
-    /// Starts the background work: on PostgreSQL, listening for other
-    /// processes' changes. Call once, inside the runtime.
+    /// Starts the background work: the fetcher that reads what feeds missed
+    /// and, on PostgreSQL, listening for other processes' changes. Call
+    /// once, inside the runtime.
     pub fn start(&self) {
+        self.inner.tasks.spawn(self.clone().run_fetcher());
         if self.inner.store.kind() == tandem_store::backend::BackendKind::Postgres {
             let hub = self.clone();
             self.inner.tasks.spawn(signals::run(hub));
@@ -233,75 +243,5 @@ impl Hub {
 
     fn feed(&self, thread_id: ThreadId) -> Option<Arc<ThreadFeed>> {
         lock(&self.inner.threads).get(&thread_id).cloned()
-    }
-
-    /// Starts reading a feed's missing rows from the store, unless that is
-    /// already under way or nothing is missing.
-    fn ensure_fetch(&self, feed: &Arc<ThreadFeed>, state: &mut thread_feed::FeedState) {
-        if state.fetching || !state.behind() {
-            return;
-        }
-        state.fetching = true;
-        let hub = self.clone();
-        let feed = feed.clone();
-        self.inner.tasks.spawn(async move { hub.fetch(feed).await });
-    }
-
-    /// Reads the rows after a feed's delivered seq and fans them out, until
-    /// the feed has everything it knows of.
-    async fn fetch(self, feed: Arc<ThreadFeed>) {
-        let mut failures = 0u32;
-        loop {
-            let (after_seq, wanted) = {
-                let mut state = feed.lock();
-                match state.delivered {
-                    Some(delivered) if state.behind() => (delivered, state.wanted),
-                    _ => {
-                        state.fetching = false;
-                        return;
-                    }
-                }
-            };
-            let filter = MessageFilter {
-                after_seq,
-                limit: FETCH_PAGE,
-                customer_view: false,
-            };
-            match self
-                .inner
-                .store
-                .list_messages(feed.thread_id, &filter)
-                .await
-            {
-                Ok(rows) => {
-                    failures = 0;
-                    let encoded: Vec<_> = rows.iter().map(EncodedMessage::new).collect();
-                    let mut state = feed.lock();
-                    let mut progressed = false;
-                    for message in &encoded {
-                        progressed |= state.deliver(message);
-                    }
-                    if !progressed && state.wanted == wanted {
-                        // The rows are not there and nothing new was heard
-                        // of meanwhile: wait for the next signal or poll.
-                        state.wanted = state.delivered.unwrap_or(0);
-                        state.fetching = false;
-                        return;
-                    }
-                }
-                Err(error) => {
-                    failures += 1;
-                    tracing::warn!(%error, thread_id = %feed.thread_id, "hub: reading missed messages failed");
-                    let backoff = Duration::from_millis(100 << failures.min(6));
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = self.inner.shutdown.cancelled() => {
-                            feed.lock().fetching = false;
-                            return;
-                        }
-                    }
-                }
-            }
-        }
     }
 }

@@ -6,7 +6,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 
 use super::idempotency::{IdempotencyKey, Written};
-use crate::backend::{Tx, job, on_conn, on_pool};
+use crate::backend::{Pool, Tx, job, on_conn, on_pool};
 use crate::{
     Author, AuthorKind, Content, Message, MessageFilter, MessageId, MessageStatus, NewMessage,
     Part, Role, Store, StoreError, Thread, ThreadId, ThreadStatus, Visibility,
@@ -85,6 +85,56 @@ impl Store {
             }),
         )
         .await
+    }
+
+    /// Every message after a seq, for several threads at once (at most
+    /// `limit` rows), in `seq` order per thread: what the hub reads when it
+    /// has heard of messages it has not received.
+    pub async fn messages_after(
+        &self,
+        after: &[(ThreadId, i64)],
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        match self.pool() {
+            Pool::Postgres(pool) => {
+                const SQL: &str = concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages
+                     JOIN UNNEST($1::uuid[], $2::bigint[]) AS wanted (wanted_thread, wanted_after)
+                       ON thread_id = wanted_thread AND seq > wanted_after
+                     ORDER BY thread_id, seq
+                     LIMIT $3"
+                );
+                let threads: Vec<uuid::Uuid> = after.iter().map(|(id, _)| id.0).collect();
+                let seqs: Vec<i64> = after.iter().map(|(_, seq)| *seq).collect();
+                let rows = sqlx::query_as::<_, MessageRow>(SQL)
+                    .bind(threads)
+                    .bind(seqs)
+                    .bind(i64::from(limit))
+                    .fetch_all(pool)
+                    .await?;
+                Ok(rows.into_iter().map(Message::from).collect())
+            }
+            // On SQLite the hub reads this only for the rare gap between
+            // two local commits: one query per thread is fine.
+            Pool::Sqlite(_) => {
+                let mut messages = Vec::new();
+                for (thread_id, after_seq) in after {
+                    let room = limit.saturating_sub(messages.len() as u32);
+                    if room == 0 {
+                        break;
+                    }
+                    let filter = MessageFilter {
+                        after_seq: *after_seq,
+                        limit: room,
+                        customer_view: false,
+                    };
+                    messages.extend(self.list_messages(*thread_id, &filter).await?);
+                }
+                Ok(messages)
+            }
+        }
     }
 
     /// A page of a thread's messages in `seq` order.

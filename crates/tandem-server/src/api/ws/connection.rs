@@ -69,7 +69,7 @@ pub async fn run(socket: WebSocket, hub: Hub, principal: Principal, admission: A
                 outbox.close(CloseReason { code: 1000, reason: "" });
             }
             let grace = if hub.is_stopping() { SHUTDOWN_GRACE } else { CLOSE_GRACE };
-            if tokio::time::timeout(grace, &mut send).await.is_err() {
+            if Box::pin(tokio::time::timeout(grace, &mut send)).await.is_err() {
                 send.abort();
             }
         }
@@ -125,7 +125,7 @@ async fn send_loop(
         let wrote = tokio::select! {
             wrote = write_batch(&mut sink, &mut batch) => wrote,
             // A client that does not read cannot stall this task forever.
-            () = closing_deadline(&outbox, &hub) => false,
+            () = Box::pin(closing_deadline(&outbox, &hub)) => false,
         };
         if !wrote {
             break;
@@ -141,7 +141,8 @@ async fn send_loop(
             } else {
                 CLOSE_GRACE
             };
-            let _ = tokio::time::timeout(grace, sink.send(Message::Close(Some(frame)))).await;
+            let closing = tokio::time::timeout(grace, sink.send(Message::Close(Some(frame))));
+            let _ = Box::pin(closing).await;
             break;
         }
     }
@@ -240,14 +241,14 @@ impl Session {
                 Ok(message) => message,
                 Err(error) => {
                     if is_too_big(error) {
-                        self.send_error(FrameError::new(
+                        let error = FrameError::new(
                             "frame_too_large",
                             format!(
                                 "frames are limited to {} bytes",
                                 self.hub.config().max_message_bytes
                             ),
-                        ))
-                        .await;
+                        );
+                        Box::pin(self.send_error(error)).await;
                         self.peer.outbox.close(CloseReason {
                             code: close::TOO_BIG,
                             reason: "frame too large",
@@ -273,7 +274,10 @@ impl Session {
                 continue;
             }
             let answer = match text {
-                Some(text) => self.handle(text.as_str()).await,
+                // Boxed: answering a frame (a subscribe's replay above all)
+                // needs far more state than waiting for one, and an idle
+                // connection should not carry that size.
+                Some(text) => Box::pin(self.handle(text.as_str())).await,
                 None => Err(FrameError::new(
                     "binary_not_supported",
                     "send JSON in text frames",
@@ -283,7 +287,7 @@ impl Session {
                 if error.code == "closed" {
                     return;
                 }
-                self.send_error(error).await;
+                Box::pin(self.send_error(error)).await;
             }
         }
     }
