@@ -163,16 +163,17 @@ impl Store {
     }
 }
 
-/// The statement that inserts a message with its thread's next seq; `$lock`
-/// is PostgreSQL's row-lock clause (empty on SQLite). The insert reads the
-/// thread (checking the customer's scope, filling a customer
-/// author, vetting `reply_to`) and a trigger (see the migrations) advances
-/// the thread's `last_seq`. On PostgreSQL the thread row is locked, so
-/// concurrent writers of one thread take seqs in commit order; SQLite has a
-/// single writer.
+/// The statement that inserts a message with its thread's next seq, reading
+/// the thread `t` (checking the customer's scope, filling a customer author,
+/// vetting `reply_to`); a trigger (see the migrations) then advances the
+/// thread's `last_seq` and reopens a closed thread on a customer's message.
+/// `$with` defines `t` (PostgreSQL: the thread row, locked, so concurrent
+/// writers of one thread take seqs in commit order; SQLite has a single
+/// writer), and `$was_closed` says whether the thread was closed before.
 macro_rules! insert_message_sql {
-    ($lock:literal) => {
+    ($with:literal, $from:literal, $was_closed:literal) => {
         concat!(
+            $with,
             "INSERT INTO messages
         (id, thread_id, seq, role, agent_name, author_kind, author_id,
          content, visibility, status, metadata, reply_to, created_at)
@@ -183,10 +184,11 @@ macro_rules! insert_message_sql {
              WHERE m.id = $11 AND m.thread_id = t.id
                AND ($13 IS NULL OR (m.visibility = 'public' AND m.status = 'published'))),
            $12
-    FROM threads t
-    WHERE t.id = $2 AND ($13 IS NULL OR t.customer_id = $13) ",
-            $lock,
-            " RETURNING seq, author_id, reply_to"
+    FROM ",
+            $from,
+            " WHERE t.id = $2 AND ($13 IS NULL OR t.customer_id = $13)
+    RETURNING seq, author_id, reply_to, ",
+            $was_closed
         )
     };
 }
@@ -194,23 +196,35 @@ macro_rules! insert_message_sql {
 /// Inserts the message and checks the tool calls it makes or answers.
 async fn insert_message(tx: &mut Tx<'_>, new: NewMessage) -> Result<PostedMessage, StoreError> {
     let now = super::now();
-    // A customer's message reopens a closed thread (a trigger does it); the
-    // hub must hear of that change too.
-    let was_closed = new.role == Role::User && {
-        let status: Option<ThreadStatus> = on_conn!(tx, c => sqlx::query_scalar(
-            "SELECT status FROM threads WHERE id = $1",
-        )
-        .bind(new.thread_id)
-        .fetch_optional(c)
-        .await)?;
-        status == Some(ThreadStatus::Closed)
-    };
     let id = MessageId::new();
-    let sql = match tx {
-        Tx::Sqlite(_) => insert_message_sql!(""),
-        Tx::Postgres(_) => insert_message_sql!("FOR UPDATE OF t"),
+    // A customer's message reopens a closed thread (a trigger does it), and
+    // the hub must hear of that change too. PostgreSQL reads the old status
+    // in the insert itself, saving a round trip; SQLite asks first, in
+    // process.
+    let (sql, closed_before) = match tx {
+        Tx::Sqlite(_) => {
+            let closed = new.role == Role::User && {
+                let status: Option<ThreadStatus> = on_conn!(tx, c => sqlx::query_scalar(
+                    "SELECT status FROM threads WHERE id = $1",
+                )
+                .bind(new.thread_id)
+                .fetch_optional(c)
+                .await)?;
+                status == Some(ThreadStatus::Closed)
+            };
+            (insert_message_sql!("", "threads t", "FALSE"), closed)
+        }
+        Tx::Postgres(_) => (
+            insert_message_sql!(
+                "WITH t AS (SELECT id, customer_id, last_seq, status FROM threads
+                            WHERE id = $2 FOR UPDATE) ",
+                "t",
+                "(SELECT status FROM t) = 'closed'"
+            ),
+            false,
+        ),
     };
-    let inserted: Option<(i64, Option<String>, Option<MessageId>)> = on_conn!(tx, c => sqlx::query_as(sql)
+    let inserted: Option<(i64, Option<String>, Option<MessageId>, bool)> = on_conn!(tx, c => sqlx::query_as(sql)
         .bind(id)
         .bind(new.thread_id)
         .bind(new.role)
@@ -226,7 +240,9 @@ async fn insert_message(tx: &mut Tx<'_>, new: NewMessage) -> Result<PostedMessag
         .bind(new.customer_scope.as_deref())
         .fetch_optional(c)
         .await)?;
-    let (seq, author_id, reply_to) = inserted.ok_or(StoreError::NotFound("thread"))?;
+    let (seq, author_id, reply_to, closed_in_insert) =
+        inserted.ok_or(StoreError::NotFound("thread"))?;
+    let was_closed = new.role == Role::User && (closed_before || closed_in_insert);
     if let Some(wanted) = new.reply_to
         && reply_to != Some(wanted)
     {
