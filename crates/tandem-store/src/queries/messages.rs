@@ -97,13 +97,19 @@ impl Store {
     ) -> Result<Vec<Message>, StoreError> {
         match self.pool() {
             Pool::Postgres(pool) => {
+                // LATERAL, so that each thread is one range scan of the
+                // (thread_id, seq) index from its own seq on.
                 const SQL: &str = concat!(
-                    "SELECT ",
+                    "SELECT m.* FROM UNNEST($1::uuid[], $2::bigint[]) AS wanted (thread, after_seq)
+                     CROSS JOIN LATERAL (
+                         SELECT ",
                     message_columns!(),
                     " FROM messages
-                     JOIN UNNEST($1::uuid[], $2::bigint[]) AS wanted (wanted_thread, wanted_after)
-                       ON thread_id = wanted_thread AND seq > wanted_after
-                     ORDER BY thread_id, seq
+                         WHERE thread_id = wanted.thread AND seq > wanted.after_seq
+                         ORDER BY seq
+                         LIMIT $3
+                     ) AS m
+                     ORDER BY m.thread_id, m.seq
                      LIMIT $3"
                 );
                 let threads: Vec<uuid::Uuid> = after.iter().map(|(id, _)| id.0).collect();
