@@ -50,7 +50,7 @@ use hdrhistogram::Histogram;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
-use sqlx::Connection;
+use tandem_bench::procfs::{CpuSample, CpuUse};
 use tandem_server::config::Quota;
 use tandem_server::{AppState, Config};
 use tandem_store::{Store, Synchronous, TokenSubject};
@@ -226,7 +226,7 @@ impl InProcessServer {
             }
             Backend::Postgres => {
                 let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
-                create_schema(&args.database_url, &schema).await?;
+                tandem_bench::create_schema(&args.database_url, &schema).await?;
                 config.database.url = args.database_url.clone();
                 config.database.schema = Some(schema.clone());
                 pg_schema = Some((args.database_url.clone(), schema.clone()));
@@ -243,7 +243,7 @@ impl InProcessServer {
             Err(e) => {
                 if let Some((url, schema)) = &pg_schema {
                     // Best effort: the error being reported is the one above.
-                    let _ = drop_schema(url, schema).await;
+                    let _ = tandem_bench::drop_schema(url, schema).await;
                 }
                 return Err(e);
             }
@@ -299,36 +299,12 @@ impl InProcessServer {
         let _ = self.shutdown.send(());
         let served = self.task.await.context("the server task panicked");
         let dropped = match &self.pg_schema {
-            Some((url, schema)) => drop_schema(url, schema).await,
+            Some((url, schema)) => tandem_bench::drop_schema(url, schema).await,
             None => Ok(()),
         };
         served?.context("serving")?;
         dropped
     }
-}
-
-async fn create_schema(url: &str, schema: &str) -> Result<()> {
-    let mut conn = sqlx::PgConnection::connect(url)
-        .await
-        .with_context(|| format!("connecting to {}", tandem_store::backend::redact_url(url)))?;
-    sqlx::query(&format!("CREATE SCHEMA \"{schema}\""))
-        .execute(&mut conn)
-        .await
-        .with_context(|| format!("creating schema {schema}"))?;
-    conn.close().await.context("closing the connection")?;
-    Ok(())
-}
-
-async fn drop_schema(url: &str, schema: &str) -> Result<()> {
-    let mut conn = sqlx::PgConnection::connect(url)
-        .await
-        .with_context(|| format!("connecting to {}", tandem_store::backend::redact_url(url)))?;
-    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .execute(&mut conn)
-        .await
-        .with_context(|| format!("dropping schema {schema}"))?;
-    conn.close().await.context("closing the connection")?;
-    Ok(())
 }
 
 /// An HTTP/1.1 client that keeps (at most) one connection open.
@@ -353,7 +329,7 @@ fn http_client(token: &str) -> Result<reqwest::Client> {
 /// Creates the threads, runs the clients, and counts what was stored.
 async fn load_and_verify(args: &Args, target: &Target) -> Result<Report> {
     let setup = http_client(&target.token)?;
-    let thread_ids = create_threads(&setup, target, args.threads).await?;
+    let thread_ids = tandem_bench::create_threads(&setup, &target.base_url, args.threads).await?;
     let message_urls: Arc<Vec<String>> = Arc::new(
         thread_ids
             .iter()
@@ -519,44 +495,6 @@ fn bytes_of(value: &Value) -> Result<bytes::Bytes> {
         .into())
 }
 
-/// Creates `count` threads (a few at a time) and returns their ids in order.
-async fn create_threads(
-    http: &reqwest::Client,
-    target: &Target,
-    count: usize,
-) -> Result<Vec<String>> {
-    let url = format!("{}/v1/threads", target.base_url);
-    futures::stream::iter(0..count)
-        .map(|n| {
-            let url = url.clone();
-            async move {
-                let response = http
-                    .post(&url)
-                    .json(&json!({ "customer_id": format!("bench-{n}") }))
-                    .send()
-                    .await
-                    .with_context(|| format!("POST {url}"))?;
-                let status = response.status();
-                let text = response
-                    .text()
-                    .await
-                    .with_context(|| format!("POST {url}: reading the answer"))?;
-                if status != StatusCode::CREATED {
-                    bail!("POST {url}: expected 201, got {status}: {text}");
-                }
-                let thread: Value = serde_json::from_str(&text)
-                    .with_context(|| format!("POST {url}: decoding the answer"))?;
-                let id = thread["id"]
-                    .as_str()
-                    .with_context(|| format!("POST {url}: no id in {text}"))?;
-                Ok(id.to_owned())
-            }
-        })
-        .buffered(16)
-        .try_collect()
-        .await
-}
-
 /// Pages through every thread's messages and returns how many there are,
 /// checking on the way that `seq` strictly increases within each thread.
 async fn count_stored(
@@ -673,85 +611,5 @@ impl Report {
             "  stored         {} messages for {} answered 201 (warm-up included): {verdict}",
             self.stored, stats.created
         );
-    }
-}
-
-/// Cumulative CPU time counters, read from Linux's `/proc`: for the machine,
-/// the `cpu` line of `/proc/stat`; for this process (server and clients when
-/// the server runs in-process), `utime + stime` of `/proc/self/stat`. All in
-/// `USER_HZ` ticks (1/100 s on Linux).
-#[derive(Debug, Clone, Copy)]
-struct CpuSample {
-    at: Instant,
-    /// user + nice + system + irq + softirq.
-    busy: u64,
-    /// idle + iowait.
-    idle: u64,
-    /// Time the hypervisor ran something else while this machine wanted to run.
-    steal: u64,
-    process: u64,
-}
-
-/// CPU use between two samples.
-#[derive(Debug, Clone, Copy)]
-struct CpuUse {
-    /// CPU time of this process, in cores (1.0 = one core all the time).
-    process_cores: f64,
-    machine_cores: usize,
-    /// Shares of all the machine's CPU time.
-    busy: f64,
-    steal: f64,
-    idle: f64,
-}
-
-impl CpuSample {
-    const USER_HZ: f64 = 100.0;
-
-    /// `None` where `/proc` is missing or unreadable (not Linux).
-    fn take() -> Option<Self> {
-        let at = Instant::now();
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let fields: Vec<u64> = stat
-            .lines()
-            .next()?
-            .strip_prefix("cpu ")?
-            .split_whitespace()
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .ok()?;
-        // user nice system idle iowait irq softirq steal (guest is inside user).
-        let [user, nice, system, idle, iowait, irq, softirq, steal, ..] = fields[..] else {
-            return None;
-        };
-        let own = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // After the command name (which may hold spaces) come fields 3...;
-        // utime and stime are fields 14 and 15.
-        let mut after_name = own.rsplit_once(')')?.1.split_whitespace().skip(11);
-        let utime: u64 = after_name.next()?.parse().ok()?;
-        let stime: u64 = after_name.next()?.parse().ok()?;
-        Some(Self {
-            at,
-            busy: user + nice + system + irq + softirq,
-            idle: idle + iowait,
-            steal,
-            process: utime + stime,
-        })
-    }
-
-    fn since(&self, earlier: &Self) -> CpuUse {
-        let busy = self.busy.saturating_sub(earlier.busy) as f64;
-        let idle = self.idle.saturating_sub(earlier.idle) as f64;
-        let steal = self.steal.saturating_sub(earlier.steal) as f64;
-        let total = (busy + idle + steal).max(1.0);
-        let seconds = (self.at - earlier.at).as_secs_f64().max(f64::EPSILON);
-        CpuUse {
-            process_cores: self.process.saturating_sub(earlier.process) as f64
-                / Self::USER_HZ
-                / seconds,
-            machine_cores: std::thread::available_parallelism().map_or(1, usize::from),
-            busy: busy / total,
-            steal: steal / total,
-            idle: idle / total,
-        }
     }
 }

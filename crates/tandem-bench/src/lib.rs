@@ -1,0 +1,89 @@
+//! What the load generators of `tandem-bench` share.
+//!
+//! - [`procfs`]: CPU time of the machine (with steal) and of processes, and a
+//!   process's resident memory, read from Linux's `/proc`, so that every
+//!   figure is printed next to what the machine was doing.
+//!
+//! - [`create_threads`], [`create_schema`], [`drop_schema`]: the setup every
+//!   benchmark shares.
+//!
+//! The benchmarks themselves are binaries: `post-messages`
+//! (`src/post_messages.rs`) and `ws-fanout` (`src/ws_fanout.rs`).
+
+pub mod procfs;
+
+use anyhow::{Context, Result, bail};
+use futures::{StreamExt, TryStreamExt};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+/// Creates `count` threads (a few at a time) and returns their ids in order.
+pub async fn create_threads(
+    http: &reqwest::Client,
+    base_url: &str,
+    count: usize,
+) -> Result<Vec<String>> {
+    let url = format!("{base_url}/v1/threads");
+    futures::stream::iter(0..count)
+        .map(|n| {
+            let url = url.clone();
+            async move {
+                let response = http
+                    .post(&url)
+                    .json(&json!({ "customer_id": format!("bench-{n}") }))
+                    .send()
+                    .await
+                    .with_context(|| format!("POST {url}"))?;
+                let status = response.status();
+                let text = response
+                    .text()
+                    .await
+                    .with_context(|| format!("POST {url}: reading the answer"))?;
+                if status != StatusCode::CREATED {
+                    bail!("POST {url}: expected 201, got {status}: {text}");
+                }
+                let thread: Value = serde_json::from_str(&text)
+                    .with_context(|| format!("POST {url}: decoding the answer"))?;
+                let id = thread["id"]
+                    .as_str()
+                    .with_context(|| format!("POST {url}: no id in {text}"))?;
+                Ok(id.to_owned())
+            }
+        })
+        .buffered(16)
+        .try_collect()
+        .await
+}
+
+/// Creates the PostgreSQL schema a benchmark works in.
+pub async fn create_schema(url: &str, schema: &str) -> Result<()> {
+    schema_ddl(
+        url,
+        &format!("CREATE SCHEMA \"{schema}\""),
+        "creating schema",
+    )
+    .await
+}
+
+/// Drops a benchmark's schema and everything in it.
+pub async fn drop_schema(url: &str, schema: &str) -> Result<()> {
+    schema_ddl(
+        url,
+        &format!("DROP SCHEMA \"{schema}\" CASCADE"),
+        "dropping schema",
+    )
+    .await
+}
+
+async fn schema_ddl(url: &str, sql: &str, what: &str) -> Result<()> {
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .with_context(|| format!("connecting to {}", tandem_store::backend::redact_url(url)))?;
+    sqlx::query(sql)
+        .execute(&mut conn)
+        .await
+        .context(what.to_owned())?;
+    conn.close().await.context("closing the connection")?;
+    Ok(())
+}
