@@ -188,8 +188,8 @@ impl TestServer {
             .secret;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let hub = AppState::new(store.clone(), config.clone()).hub;
-        let mut server = TestServer {
+        let (hub, shutdown, task) = serve(listener, &store, &config);
+        TestServer {
             url,
             admin,
             store,
@@ -197,21 +197,9 @@ impl TestServer {
             client: reqwest::Client::new(),
             hub,
             config,
-            shutdown: None,
-            task: None,
-        };
-        server.serve(listener);
-        server
-    }
-
-    fn serve(&mut self, listener: TcpListener) {
-        let (tx, rx) = oneshot::channel::<()>();
-        let state = AppState::new(self.store.clone(), self.config.clone());
-        self.hub = state.hub.clone();
-        self.task = Some(tokio::spawn(tandem_server::serve(listener, state, async {
-            let _ = rx.await;
-        })));
-        self.shutdown = Some(tx);
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
     }
 
     /// Stops the server as a deploy would (requests in flight finish,
@@ -224,7 +212,10 @@ impl TestServer {
             .expect("reconnect");
         let address = self.url.trim_start_matches("http://").to_owned();
         let listener = TcpListener::bind(&address).await.expect("rebind");
-        self.serve(listener);
+        let (hub, shutdown, task) = serve(listener, &self.store, &self.config);
+        self.hub = hub;
+        self.shutdown = Some(shutdown);
+        self.task = Some(task);
     }
 
     /// `ws://127.0.0.1:PORT/v1/ws`
@@ -375,6 +366,26 @@ impl TestServer {
         }
         self.task.take()
     }
+}
+
+/// Starts the server on `listener`: its hub, the sender that stops it, and
+/// its task.
+fn serve(
+    listener: TcpListener,
+    store: &Store,
+    config: &Config,
+) -> (
+    tandem_server::hub::Hub,
+    oneshot::Sender<()>,
+    JoinHandle<std::io::Result<()>>,
+) {
+    let (tx, rx) = oneshot::channel::<()>();
+    let state = AppState::new(store.clone(), config.clone());
+    let hub = state.hub.clone();
+    let task = tokio::spawn(tandem_server::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    (hub, tx, task)
 }
 
 /// A response's status, headers and JSON body (`Value::Null` when the body

@@ -18,6 +18,16 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
+/// Most error descriptions kept for a report.
+pub const MAX_ERROR_SAMPLES: usize = 5;
+
+/// Keeps an error's description for the report, up to [`MAX_ERROR_SAMPLES`].
+pub fn keep_sample(samples: &mut Vec<String>, sample: String) {
+    if samples.len() < MAX_ERROR_SAMPLES {
+        samples.push(sample);
+    }
+}
+
 /// Creates `count` threads (a few at a time) and returns their ids in order.
 pub async fn create_threads(
     http: &reqwest::Client,

@@ -61,9 +61,6 @@ use tokio::task::JoinHandle;
 const MESSAGE_TEXT: &str = "Hello! I ordered a blue jacket last week and it has not arrived yet. \
      Could you tell me where it is?";
 
-/// Most distinct error descriptions kept for the report.
-const MAX_ERROR_SAMPLES: usize = 5;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "post-messages",
@@ -415,9 +412,7 @@ impl ClientStats {
 
     fn error(&mut self, description: String) {
         self.errors += 1;
-        if self.error_samples.len() < MAX_ERROR_SAMPLES {
-            self.error_samples.push(description);
-        }
+        tandem_bench::keep_sample(&mut self.error_samples, description);
     }
 
     fn merge(&mut self, other: ClientStats) -> Result<()> {
@@ -428,9 +423,7 @@ impl ClientStats {
         self.created += other.created;
         self.errors += other.errors;
         for sample in other.error_samples {
-            if self.error_samples.len() < MAX_ERROR_SAMPLES {
-                self.error_samples.push(sample);
-            }
+            tandem_bench::keep_sample(&mut self.error_samples, sample);
         }
         Ok(())
     }

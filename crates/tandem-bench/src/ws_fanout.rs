@@ -82,9 +82,6 @@ const MESSAGE_TEXT: &str = "Hello! I ordered a blue jacket last week and it has 
 const SENT_MARKER: &str = "ws-fanout-sent=";
 const SENT_DIGITS: usize = 20;
 
-/// Most distinct error descriptions kept for the report.
-const MAX_ERROR_SAMPLES: usize = 5;
-
 /// How long opening and subscribing one WebSocket may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -810,9 +807,7 @@ struct Received {
 
 impl Received {
     fn sample(&mut self, description: String) {
-        if self.samples.len() < MAX_ERROR_SAMPLES {
-            self.samples.push(description);
-        }
+        tandem_bench::keep_sample(&mut self.samples, description);
     }
 
     fn merge(&mut self, other: Received, latency: &mut Histogram<u64>) {
@@ -1038,9 +1033,7 @@ impl Posted {
 
     fn error(&mut self, description: String) {
         self.errors += 1;
-        if self.samples.len() < MAX_ERROR_SAMPLES {
-            self.samples.push(description);
-        }
+        tandem_bench::keep_sample(&mut self.samples, description);
     }
 
     fn merge(&mut self, other: Posted) -> Result<()> {
@@ -1053,9 +1046,7 @@ impl Posted {
         self.late += other.late;
         self.errors += other.errors;
         for sample in other.samples {
-            if self.samples.len() < MAX_ERROR_SAMPLES {
-                self.samples.push(sample);
-            }
+            tandem_bench::keep_sample(&mut self.samples, sample);
         }
         Ok(())
     }
@@ -1230,9 +1221,7 @@ async fn load(args: &Args, servers: &Servers) -> Result<Report> {
             }
         };
         connect_failures += 1;
-        if connect_samples.len() < MAX_ERROR_SAMPLES {
-            connect_samples.push(failure);
-        }
+        tandem_bench::keep_sample(&mut connect_samples, failure);
     }
     drop(opened);
     let connect_time = connect_started.elapsed();

@@ -224,16 +224,17 @@ impl Hub {
         if let Some(feed) = self.feed(thread.id) {
             feed.lock().broadcast(&frame, true, None);
         }
-        let mut inbox = lock(&self.inner.inbox);
-        inbox.version += 1;
-        for subscriber in inbox.subscribers.iter().filter(|s| s.live) {
-            let _ = subscriber.outbox.push(frame.clone());
-        }
+        self.to_inbox(&frame);
     }
 
     /// An inbox item opened or changed.
     pub fn publish_inbox(&self, item: &InboxItem) {
-        let frame = Utf8Bytes::from(ServerFrame::Inbox { item }.encode());
+        self.to_inbox(&Utf8Bytes::from(ServerFrame::Inbox { item }.encode()));
+    }
+
+    /// Sends a change to every live `inbox` subscriber, counting it so that
+    /// a snapshot being taken can tell it missed one.
+    fn to_inbox(&self, frame: &Utf8Bytes) {
         let mut inbox = lock(&self.inner.inbox);
         inbox.version += 1;
         for subscriber in inbox.subscribers.iter().filter(|s| s.live) {

@@ -169,6 +169,15 @@ impl FrameError {
         Self::new("not_found", "no such thread")
     }
 
+    /// The connection is closing: nothing more will be answered.
+    pub fn closed() -> Self {
+        Self::new("closed", "the connection is closing")
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.code == "closed"
+    }
+
     pub fn internal() -> Self {
         Self::new("internal", "the server could not do this; try again")
     }

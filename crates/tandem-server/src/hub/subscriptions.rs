@@ -54,11 +54,12 @@ impl Peer {
         }
     }
 
-    async fn send(&self, frame: String) -> Result<(), FrameError> {
+    /// Queues a frame this connection asked for, waiting for room.
+    pub async fn send(&self, frame: impl Into<Utf8Bytes>) -> Result<(), FrameError> {
         self.outbox
             .push_wait(frame.into())
             .await
-            .map_err(|Closed| FrameError::new("closed", "the connection is closing"))
+            .map_err(|Closed| FrameError::closed())
     }
 }
 
@@ -164,10 +165,7 @@ impl Hub {
                 for message in rows.iter().take_while(|m| m.seq <= target) {
                     let encoded = EncodedMessage::new(message);
                     if !customer || encoded.public {
-                        peer.outbox
-                            .push_wait(encoded.frame)
-                            .await
-                            .map_err(|Closed| FrameError::new("closed", "closing"))?;
+                        peer.send(encoded.frame).await?;
                     }
                     cursor = message.seq;
                 }

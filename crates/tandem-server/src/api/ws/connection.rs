@@ -284,7 +284,7 @@ impl Session {
                 )),
             };
             if let Err(error) = answer {
-                if error.code == "closed" {
+                if error.is_closed() {
                     return;
                 }
                 Box::pin(self.send_error(error)).await;
@@ -346,7 +346,8 @@ impl Session {
                     })?;
                 self.topics.remove(&parsed);
                 self.hub.unsubscribe(self.peer.id, parsed);
-                self.send(ServerFrame::Unsubscribed { topic }.encode())
+                self.peer
+                    .send(ServerFrame::Unsubscribed { topic }.encode())
                     .await
             }
             ClientFrame::Typing { thread_id } => {
@@ -367,7 +368,9 @@ impl Session {
                 }
                 Ok(())
             }
-            ClientFrame::Ping { nonce } => self.send(ServerFrame::Pong { nonce }.encode()).await,
+            ClientFrame::Ping { nonce } => {
+                self.peer.send(ServerFrame::Pong { nonce }.encode()).await
+            }
         }
     }
 
@@ -399,14 +402,6 @@ impl Session {
             self.topics.remove(&topic);
         }
         subscribed
-    }
-
-    async fn send(&self, frame: String) -> Result<(), FrameError> {
-        self.peer
-            .outbox
-            .push_wait(frame.into())
-            .await
-            .map_err(|_| FrameError::new("closed", "the connection is closing"))
     }
 
     /// Drops every subscription of the connection from the hub.
