@@ -8,5 +8,6 @@ mod idempotency;
 mod messages;
 mod operations;
 mod threads;
+mod workflows;
 mod ws_access;
 mod ws_delivery;

@@ -1,6 +1,10 @@
 //! The integration harness: the real server on a loopback port, with a fresh
 //! database per test.
 //!
+//! A server runs no workflows unless started with a registry
+//! ([`TestServer::with_workflows`]); then it runs them on a [`ManualClock`]
+//! the test moves, which survives restarts.
+//!
 //! The backend comes from `TANDEM_TEST_DATABASE_URL`: unset, each test gets
 //! its own SQLite file; set to a `postgres://` URL, each test gets its own
 //! schema on that server. When the variable is set and the server cannot be
@@ -8,14 +12,15 @@
 
 pub mod ws;
 
-use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::{Connection, Row};
 use tandem_server::{AppState, Config};
-use tandem_store::{Store, TokenSubject};
+use tandem_store::{RunId, Store, TokenSubject};
+use tandem_workflows::{Clock, Engine, ManualClock, Registry, SystemClock};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -143,6 +148,13 @@ async fn drop_stale_schemas(conn: &mut sqlx::PgConnection) {
     }
 }
 
+/// Builds the workflows a test server runs; called at every (re)start, so a
+/// test can change the code between restarts.
+pub type RegistryFn = Arc<dyn Fn() -> Registry + Send + Sync>;
+
+/// How long [`TestServer::wait_for_status`] waits for a run.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A running server and an HTTP client for it.
 pub struct TestServer {
     /// `http://127.0.0.1:PORT`
@@ -155,7 +167,12 @@ pub struct TestServer {
     /// The running server's hub, for tests that publish what no route
     /// writes yet (inbox items).
     pub hub: tandem_server::hub::Hub,
+    /// The running server's workflow engine (its signer signs test hooks).
+    pub engine: Engine,
     config: Config,
+    registry: RegistryFn,
+    /// The workflow clock, when the test moves it.
+    clock: Option<Arc<ManualClock>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -168,6 +185,29 @@ impl TestServer {
 
     /// A server whose configuration `configure` adjusts.
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        Self::launch(configure, Arc::new(Registry::new), None).await
+    }
+
+    /// A server running the workflows `registry` builds, on a
+    /// [`ManualClock`] (see [`TestServer::clock`]).
+    pub async fn with_workflows(registry: impl Fn() -> Registry + Send + Sync + 'static) -> Self {
+        Self::with_workflows_and(|_| {}, registry).await
+    }
+
+    /// [`TestServer::with_workflows`] with a configuration `configure` adjusts.
+    pub async fn with_workflows_and(
+        configure: impl FnOnce(&mut Config),
+        registry: impl Fn() -> Registry + Send + Sync + 'static,
+    ) -> Self {
+        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        Self::launch(configure, Arc::new(registry), Some(clock)).await
+    }
+
+    async fn launch(
+        configure: impl FnOnce(&mut Config),
+        registry: RegistryFn,
+        clock: Option<Arc<ManualClock>>,
+    ) -> Self {
         let db = TestDb::fresh().await;
         let mut config = Config {
             database: db.options(),
@@ -178,6 +218,9 @@ impl TestServer {
         config.rate_limits.agent.per_second = 0;
         config.rate_limits.customer.per_second = 0;
         config.rate_limits.anonymous.per_second = 0;
+        // Runs another process would take are looked for often.
+        config.workflows.engine.poll_interval_ms = 100;
+        config.workflows.engine.shutdown_grace_secs = 2;
         configure(&mut config);
         let store = Store::connect(&config.database).await.expect("connect");
         store.migrate().await.expect("migrate");
@@ -188,23 +231,32 @@ impl TestServer {
             .secret;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let (hub, shutdown, task) = serve(listener, &store, &config);
+        // Resume URLs point at the port actually bound.
+        config
+            .workflows
+            .public_url
+            .get_or_insert_with(|| url.clone());
+        let running = serve(listener, &store, &config, &registry, clock.as_ref()).await;
         TestServer {
             url,
             admin,
             store,
             db,
             client: reqwest::Client::new(),
-            hub,
+            hub: running.hub,
+            engine: running.engine,
             config,
-            shutdown: Some(shutdown),
-            task: Some(task),
+            registry,
+            clock,
+            shutdown: Some(running.shutdown),
+            task: Some(running.task),
         }
     }
 
-    /// Stops the server as a deploy would (requests in flight finish,
-    /// WebSockets are closed with 1001) and starts a new one on the same
-    /// database and address.
+    /// Stops the server as a deploy would (requests in flight finish, runs
+    /// are handed back, WebSockets are closed with 1001) and starts a new
+    /// one on the same database, address and clock, with the workflows the
+    /// registry closure builds now.
     pub async fn restart(&mut self) {
         self.shutdown_server().await;
         self.store = Store::connect(&self.config.database)
@@ -212,10 +264,32 @@ impl TestServer {
             .expect("reconnect");
         let address = self.url.trim_start_matches("http://").to_owned();
         let listener = TcpListener::bind(&address).await.expect("rebind");
-        let (hub, shutdown, task) = serve(listener, &self.store, &self.config);
-        self.hub = hub;
-        self.shutdown = Some(shutdown);
-        self.task = Some(task);
+        let running = serve(
+            listener,
+            &self.store,
+            &self.config,
+            &self.registry,
+            self.clock.as_ref(),
+        )
+        .await;
+        self.hub = running.hub;
+        self.engine = running.engine;
+        self.shutdown = Some(running.shutdown);
+        self.task = Some(running.task);
+    }
+
+    /// Changes the workflows the next [`TestServer::restart`] runs (a
+    /// deploy of new code).
+    pub fn set_workflows(&mut self, registry: impl Fn() -> Registry + Send + Sync + 'static) {
+        self.registry = Arc::new(registry);
+    }
+
+    /// The workflow clock. Panics for a server started without workflows
+    /// (it runs on the system clock).
+    pub fn clock(&self) -> &Arc<ManualClock> {
+        self.clock
+            .as_ref()
+            .expect("the server runs on the system clock: start it with TestServer::with_workflows")
     }
 
     /// `ws://127.0.0.1:PORT/v1/ws`
@@ -337,6 +411,94 @@ impl TestServer {
         }
     }
 
+    /// Starts a run as admin; returns the 201 body (the run state).
+    pub async fn start_workflow(&self, name: &str, args: Value) -> Value {
+        let response = self
+            .post(
+                "/v1/workflows",
+                &self.admin,
+                json!({"name": name, "args": args}),
+            )
+            .await;
+        assert_eq!(response.status, StatusCode::CREATED, "{}", response.text);
+        response.body
+    }
+
+    /// `GET /v1/workflows/{id}` as admin: the run, its journal and events.
+    pub async fn workflow_state(&self, id: &str) -> Value {
+        let response = self.get(&format!("/v1/workflows/{id}"), &self.admin).await;
+        assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+        response.body
+    }
+
+    /// Polls the run until it has `status` (within [`RUN_TIMEOUT`]) and
+    /// returns its state. Fails at once if the run ends in another status.
+    pub async fn wait_for_status(&self, id: &str, status: &str) -> Value {
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        loop {
+            let state = self.workflow_state(id).await;
+            let now = state["status"].as_str().unwrap_or_default();
+            if now == status {
+                return state;
+            }
+            let ended = matches!(now, "completed" | "failed" | "cancelled");
+            assert!(
+                !ended && Instant::now() < deadline,
+                "run {id} did not become {status}: {state:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// `POST /v1/workflows/{id}/events/{name}` as admin.
+    pub async fn send_event(&self, id: &str, name: &str, payload: Value) -> Response {
+        self.post(
+            &format!("/v1/workflows/{id}/events/{name}"),
+            &self.admin,
+            json!({"payload": payload}),
+        )
+        .await
+    }
+
+    /// The `Tandem-Timestamp` and `Tandem-Signature` headers of a hook
+    /// signed now with the server's secret.
+    pub fn hook_headers(&self, id: &str, event: &str, body: &[u8]) -> Vec<(String, String)> {
+        let run: RunId = id.parse().expect("run id");
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = self
+            .engine
+            .signer()
+            .hook_signature(timestamp, run, event, body);
+        vec![
+            ("tandem-timestamp".to_owned(), timestamp.to_string()),
+            ("tandem-signature".to_owned(), signature),
+        ]
+    }
+
+    /// An unauthenticated POST of `body` (JSON) to `url` (a path or a full
+    /// URL, such as a resume URL) with the given headers.
+    pub async fn post_unsigned(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Response {
+        let url = if url.starts_with("http") {
+            url.to_owned()
+        } else {
+            format!("{}{url}", self.url)
+        };
+        let mut request = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        Response::read(request.send().await.expect("request")).await
+    }
+
     /// Stops the server (letting requests in flight finish) and removes its database.
     pub async fn stop(mut self) {
         self.shutdown_server().await;
@@ -368,24 +530,40 @@ impl TestServer {
     }
 }
 
-/// Starts the server on `listener`: its hub, the sender that stops it, and
-/// its task.
-fn serve(
+/// A server started by [`serve`].
+struct Running {
+    hub: tandem_server::hub::Hub,
+    engine: Engine,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Starts the server on `listener` with the workflows `registry` builds.
+async fn serve(
     listener: TcpListener,
     store: &Store,
     config: &Config,
-) -> (
-    tandem_server::hub::Hub,
-    oneshot::Sender<()>,
-    JoinHandle<std::io::Result<()>>,
-) {
+    registry: &RegistryFn,
+    clock: Option<&Arc<ManualClock>>,
+) -> Running {
     let (tx, rx) = oneshot::channel::<()>();
-    let state = AppState::new(store.clone(), config.clone());
-    let hub = state.hub.clone();
+    let clock: Arc<dyn Clock> = match clock {
+        Some(clock) => clock.clone(),
+        None => Arc::new(SystemClock),
+    };
+    let state = AppState::build(store.clone(), config.clone(), registry(), clock)
+        .await
+        .expect("build the server state");
+    let (hub, engine) = (state.hub.clone(), state.workflows.clone());
     let task = tokio::spawn(tandem_server::serve(listener, state, async {
         let _ = rx.await;
     }));
-    (hub, tx, task)
+    Running {
+        hub,
+        engine,
+        shutdown: tx,
+        task,
+    }
 }
 
 /// A response's status, headers and JSON body (`Value::Null` when the body

@@ -4,12 +4,14 @@
 mod tail;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tandem_server::config::{Config, LogFormat};
 use tandem_server::{AppState, serve};
 use tandem_store::{Store, TokenSubject};
+use tandem_workflows::{Registry, SystemClock};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
@@ -128,7 +130,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-async fn run_server(config: Config) -> anyhow::Result<()> {
+async fn run_server(mut config: Config) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     if let Some(minted) = store.bootstrap_admin().await? {
         // Printed, not logged: log pipelines keep what they see.
@@ -140,16 +142,32 @@ async fn run_server(config: Config) -> anyhow::Result<()> {
     tracing::warn!(
         "AI is off: no OpenAI-compatible endpoint is configured; every thread routes to humans"
     );
+    let mut registry = Registry::new();
+    let loaded =
+        tandem_server::workflows::load_declarative(&store, &config.workflows, &mut registry)
+            .await
+            .context("loading the declarative workflows")?;
+    if loaded > 0 {
+        tracing::info!(definitions = loaded, "workflows: definitions loaded");
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let address = listener.local_addr()?;
+    // Resume URLs point here unless a public address is configured.
+    config
+        .workflows
+        .public_url
+        .get_or_insert_with(|| format!("http://{address}"));
     tracing::info!(
         %address,
         database = %tandem_store::backend::redact_url(&config.database.url),
         "serving"
     );
-    serve(listener, AppState::new(store, config), shutdown_signal()).await?;
+    let state = AppState::build(store, config, registry, Arc::new(SystemClock))
+        .await
+        .context("starting the workflow engine")?;
+    serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

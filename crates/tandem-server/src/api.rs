@@ -1,9 +1,12 @@
-//! The API: one module per resource, each with its `router()`, and the
-//! WebSocket upgrade into the hub ([`ws`]).
+//! The API: one module per resource, each with its `router()`, the
+//! WebSocket upgrade into the hub ([`ws`]), and the signed workflow hooks
+//! that need no token ([`hooks`]).
 
+pub mod hooks;
 pub mod messages;
 pub mod ops;
 pub mod threads;
+pub mod workflows;
 pub mod ws;
 
 use aide::axum::ApiRouter;
@@ -19,6 +22,7 @@ pub fn v1_router() -> ApiRouter<AppState> {
     ApiRouter::new()
         .merge(threads::router())
         .merge(messages::router())
+        .merge(workflows::router())
         .merge(ws::router())
 }
 

@@ -39,8 +39,12 @@ pub fn build_app(state: AppState) -> Router {
     };
     let authenticated =
         api::v1_router().route_layer(from_fn_with_state(state.clone(), auth::authenticate));
+    // Hooks carry a signature instead of a token: anonymous rate limit.
+    let hooks =
+        api::hooks::router().route_layer(from_fn_with_state(state.clone(), auth::limit_anonymous));
     let router = ApiRouter::new()
         .merge(authenticated)
+        .merge(hooks)
         .merge(api::ops::router())
         .finish_api(&mut openapi)
         .merge(api::ws::upgrade_router());
@@ -109,7 +113,8 @@ pub fn build_app(state: AppState) -> Router {
 }
 
 /// Serves the app on `listener` until `shutdown` resolves, then lets the
-/// requests in flight finish, closes the WebSockets and closes the store.
+/// requests in flight finish, stops the workflow engine (its runs are handed
+/// back), closes the WebSockets and closes the store.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -117,20 +122,34 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let store = state.store.clone();
     let hub = state.hub.clone();
+    let engine = state.workflows.clone();
     hub.start();
+    if let Err(error) = engine.start().await {
+        hub.shutdown().await;
+        store.close().await;
+        return Err(std::io::Error::other(format!(
+            "starting the workflow engine: {error}"
+        )));
+    }
+    // Other processes' runs that become due wake this one's dispatcher.
+    let waker = engine.clone();
+    hub.on_workflow_signal(move || waker.wake());
     let app = build_app(state);
     let listener = listener.tap_io(|tcp| {
         // Small JSON answers must not wait on Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(
+    let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
-    .await?;
+    .await;
+    // Executors stop before their next step and release their leases while
+    // the hub can still tell subscribers and the store is open.
+    engine.shutdown().await;
     // WebSockets outlive their upgrade request: close them (1001) and wait.
     hub.shutdown().await;
     store.close().await;
-    Ok(())
+    served
 }

@@ -2,12 +2,13 @@
 //! environment (`TANDEM_…` with `__` between levels, and `DATABASE_URL`).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use tandem_store::DatabaseOptions;
+use tandem_workflows::EngineConfig;
 
 /// Everything the server can be told. `Debug` never shows a secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,6 +20,7 @@ pub struct Config {
     pub limits: Limits,
     pub rate_limits: RateLimitConfig,
     pub hub: HubConfig,
+    pub workflows: WorkflowsConfig,
     pub log: LogConfig,
 }
 
@@ -30,6 +32,7 @@ impl Default for Config {
             limits: Limits::default(),
             rate_limits: RateLimitConfig::default(),
             hub: HubConfig::default(),
+            workflows: WorkflowsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -162,6 +165,52 @@ impl Default for HubConfig {
     }
 }
 
+/// The durable workflow engine and the signed requests that reach it.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkflowsConfig {
+    /// Pools, leases, polling and shutdown (`[workflows.engine]`).
+    pub engine: EngineConfig,
+    /// A directory of declarative workflow files loaded at start.
+    pub definitions_dir: Option<PathBuf>,
+    /// The server's address as outside callers reach it: resume URLs start
+    /// with it. `http://{listen}` when unset.
+    pub public_url: Option<String>,
+    /// How far a hook's `Tandem-Timestamp` may be from now, in seconds.
+    pub hook_tolerance_secs: u64,
+    /// The HMAC key of hooks and resume URLs. When unset, one is generated
+    /// on first start and kept in the database, so every process and
+    /// restart agrees on it.
+    pub signing_secret: Option<String>,
+}
+
+impl Default for WorkflowsConfig {
+    fn default() -> Self {
+        Self {
+            engine: EngineConfig::default(),
+            definitions_dir: None,
+            public_url: None,
+            hook_tolerance_secs: 300,
+            signing_secret: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for WorkflowsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkflowsConfig")
+            .field("engine", &self.engine)
+            .field("definitions_dir", &self.definitions_dir)
+            .field("public_url", &self.public_url)
+            .field("hook_tolerance_secs", &self.hook_tolerance_secs)
+            .field(
+                "signing_secret",
+                &self.signing_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -234,9 +283,15 @@ mod tests {
                 [rate_limits.customer]
                 per_second = 3
                 burst = 6
+                [workflows]
+                public_url = "https://support.example.com"
+                [workflows.engine.concurrency]
+                reply = 4
                 "#,
             )?;
             jail.set_env("TANDEM_LIMITS__MAX_BODY_BYTES", "2000");
+            jail.set_env("TANDEM_WORKFLOWS__SIGNING_SECRET", "sw0rdfish");
+            jail.set_env("TANDEM_WORKFLOWS__ENGINE__DEFAULT_CONCURRENCY", "8");
             jail.set_env("DATABASE_URL", "postgres://tandem:hunter2@db/tandem");
             let config = Config::load(Some(Path::new("tandem.toml"))).map_err(|e| *e)?;
             assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
@@ -246,10 +301,38 @@ mod tests {
                 "defaults fill the rest"
             );
             assert_eq!(config.rate_limits.customer.per_second, 3);
+            assert_eq!(
+                config.workflows.public_url.as_deref(),
+                Some("https://support.example.com")
+            );
+            assert_eq!(config.workflows.engine.concurrency.get("reply"), Some(&4));
             assert_eq!(config.database.url, "postgres://tandem:hunter2@db/tandem");
             let shown = format!("{config:?}");
+            assert_eq!(config.workflows.engine.default_concurrency, 8);
+            assert_eq!(
+                config.workflows.signing_secret.as_deref(),
+                Some("sw0rdfish")
+            );
+            assert_eq!(config.workflows.hook_tolerance_secs, 300);
             assert!(!shown.contains("hunter2"), "secrets are redacted: {shown}");
+            assert!(
+                !shown.contains("sw0rdfish"),
+                "secrets are redacted: {shown}"
+            );
             assert!(shown.contains("redacted"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_example_file_loads_and_states_the_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file("tandem.toml", include_str!("../../../tandem.example.toml"))?;
+            let config = Config::load(Some(Path::new("tandem.toml"))).map_err(|e| *e)?;
+            let defaults = Config::default();
+            assert_eq!(config.listen, defaults.listen);
+            assert_eq!(config.workflows, defaults.workflows);
+            assert_eq!(config.hub.queue_bytes, defaults.hub.queue_bytes);
             Ok(())
         });
     }

@@ -8,4 +8,4 @@ pub mod rate_limit;
 
 pub use auth::Principal;
 pub use error::ApiError;
-pub use extract::{ApiJson, ApiQuery, Created, IdempotencyHeader};
+pub use extract::{Accepted, ApiJson, ApiQuery, Created, IdempotencyHeader, RawBody};

@@ -15,6 +15,8 @@
 //!   per query.
 //! - [`subscriptions`]: `impl Hub` for what a connection asks: subscribe
 //!   (replay, then live), unsubscribe, typing, presence.
+//! - [`workflow_feed`]: subscribers of `workflow:<id>`: the run's state,
+//!   then its changes.
 //! - [`signals`]: the PostgreSQL listener and safety-net poll that keep
 //!   several processes in step.
 
@@ -24,6 +26,7 @@ pub mod protocol;
 mod signals;
 pub mod subscriptions;
 pub mod thread_feed;
+pub mod workflow_feed;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
-use tandem_store::{InboxItem, Message, Store, Thread, ThreadId, TokenId};
+use tandem_store::{InboxItem, Message, RunId, Store, Thread, ThreadId, TokenId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -40,6 +43,7 @@ use crate::http::metrics::Metrics;
 use outbox::Outbox;
 use protocol::ServerFrame;
 use thread_feed::{EncodedMessage, ThreadFeed};
+use workflow_feed::RunFeed;
 
 /// Rows read from the store at a time when a subscriber catches up.
 const FETCH_PAGE: u32 = 500;
@@ -61,6 +65,11 @@ struct Inner {
     next_conn: AtomicU64,
     threads: Mutex<HashMap<ThreadId, Arc<ThreadFeed>>>,
     inbox: Mutex<InboxFeed>,
+    /// Subscribers of `workflow:<id>`, by run.
+    runs: Mutex<HashMap<RunId, RunFeed>>,
+    /// Called when another process signals a workflow change, so that this
+    /// process's engine looks for runs that became due (set by `serve`).
+    workflow_waker: Mutex<Option<WorkflowWaker>>,
     remote_presence: Mutex<HashMap<ThreadId, RemotePresence>>,
     connections: Mutex<HashMap<TokenId, usize>>,
     /// Feeds waiting for the fetcher, and its wake-up.
@@ -70,6 +79,8 @@ struct Inner {
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
+
+type WorkflowWaker = Arc<dyn Fn() + Send + Sync>;
 
 /// Agents looking at one thread from other processes: process → (names,
 /// when that process last said so).
@@ -125,6 +136,8 @@ impl Hub {
                 next_conn: AtomicU64::new(1),
                 threads: Mutex::default(),
                 inbox: Mutex::default(),
+                runs: Mutex::default(),
+                workflow_waker: Mutex::default(),
                 remote_presence: Mutex::default(),
                 connections: Mutex::default(),
                 fetch_queue: Mutex::default(),
@@ -150,8 +163,17 @@ impl Hub {
         }
     }
 
+    /// Calls `wake` whenever another process signals that a workflow run
+    /// was created or changed status or wake-up time (PostgreSQL only), so
+    /// that this process's engine can take runs that became due at once.
+    pub fn on_workflow_signal(&self, wake: impl Fn() + Send + Sync + 'static) {
+        *lock(&self.inner.workflow_waker) = Some(Arc::new(wake));
+    }
+
     /// Closes every connection (1001) and waits for the hub's tasks to end.
     pub async fn shutdown(&self) {
+        // The waker holds the engine, which holds the hub: let both go.
+        lock(&self.inner.workflow_waker).take();
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;

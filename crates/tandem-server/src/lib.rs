@@ -3,7 +3,7 @@
 //! - [`config`]: the one typed configuration (defaults, a TOML file, the environment).
 //! - [`app`]: builds the router from its parts and serves it on a listener until
 //!   a shutdown signal, finishing the requests in flight.
-//! - [`api`]: one module per resource (threads, messages) plus operations
+//! - [`api`]: one module per resource (threads, messages, workflows, hooks) plus operations
 //!   (health, readiness, metrics, the OpenAPI document).
 //! - [`http`]: what every route shares: the error type and its one mapping to
 //!   HTTP, extractors that keep bad input in that format, authentication,
@@ -11,6 +11,8 @@
 //! - [`hub`]: the WebSocket push hub: subscriptions, fan-out in `seq` order,
 //!   backpressure, and the signals that keep several processes in step.
 //! - [`state`]: the small bundle of handles each request gets.
+//! - [`workflows`]: the workflow engine's signing secret, its declarative
+//!   definitions, and the notifier that pushes its changes to the hub.
 
 pub mod api;
 pub mod app;
@@ -18,6 +20,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod state;
+pub mod workflows;
 
 pub use app::{build_app, serve};
 pub use config::Config;

@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 
-use tandem_store::Store;
+use tandem_store::{Store, StoreError};
+use tandem_workflows::{Clock, Engine, Registry, SystemClock};
 
 use crate::config::Config;
 use crate::http::metrics::Metrics;
 use crate::http::rate_limit::RateLimits;
 use crate::hub::Hub;
+use crate::workflows;
 
 /// Cheap to clone: every field is a handle.
 #[derive(Clone)]
@@ -17,19 +19,72 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub rate_limits: Arc<RateLimits>,
     pub hub: Hub,
+    /// The workflow engine; [`crate::serve`] starts and stops it.
+    pub workflows: Engine,
 }
 
 impl AppState {
+    /// The state of a server that runs the workflows of `registry` on
+    /// `clock` (the binary: the declarative workflows and the system clock;
+    /// tests: their own workflows and a clock they move). Reads or makes
+    /// the signing secret, hence async.
+    pub async fn build(
+        store: Store,
+        config: Config,
+        registry: Registry,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
+        let signer = workflows::signer(&store, &config).await?;
+        Ok(Self::assemble(store, config, registry, clock, signer))
+    }
+
+    /// The state of a server without workflows of its own (tools and
+    /// benchmarks). Hooks and resume URLs are checked with
+    /// `workflows.signing_secret`, or else with a secret of this process
+    /// alone: a server that should accept them uses [`AppState::build`].
     pub fn new(store: Store, config: Config) -> Self {
+        let secret = config.workflows.signing_secret.clone().unwrap_or_else(|| {
+            format!(
+                "{:032x}{:032x}",
+                rand::random::<u128>(),
+                rand::random::<u128>()
+            )
+        });
+        let signer = workflows::signer_with(&secret, &config);
+        Self::assemble(
+            store,
+            config,
+            Registry::new(),
+            Arc::new(SystemClock),
+            signer,
+        )
+    }
+
+    fn assemble(
+        store: Store,
+        config: Config,
+        registry: Registry,
+        clock: Arc<dyn Clock>,
+        signer: tandem_workflows::Signer,
+    ) -> Self {
         let rate_limits = Arc::new(RateLimits::new(&config.rate_limits));
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(store.clone(), config.hub.clone(), metrics.clone());
+        let workflows = Engine::new(
+            store.clone(),
+            registry,
+            &config.workflows.engine,
+            clock,
+            Arc::new(hub.clone()),
+            signer,
+        );
         Self {
             store,
             config: Arc::new(config),
             metrics,
             rate_limits,
             hub,
+            workflows,
         }
     }
 }

@@ -10,8 +10,9 @@
 //! - [`backend`]: connecting, migrating, and the write path that every change
 //!   takes: a transaction on PostgreSQL, a group commit on SQLite.
 //! - [`queries`]: `impl Store` split by topic (threads, messages, tokens,
-//!   idempotency records, inbox items, WebSocket tickets, and the change
-//!   signals server processes send each other on PostgreSQL).
+//!   idempotency records, inbox items, WebSocket tickets, workflow runs and
+//!   their journal, server secrets, and the change signals server processes
+//!   send each other on PostgreSQL).
 //! - [`error`]: [`StoreError`], whose variants the server maps to HTTP.
 
 pub mod backend;
@@ -26,3 +27,4 @@ pub use queries::idempotency::{IdempotencyKey, Written};
 pub use queries::messages::PostedMessage;
 pub use queries::signals::{SIGNAL_CHANNEL, SignalListener};
 pub use queries::tickets::WsTicket;
+pub use queries::workflows::{ClaimRequest, NewEvent, StepCommit, micros};

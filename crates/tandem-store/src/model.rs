@@ -7,6 +7,7 @@ mod inbox;
 mod message;
 mod thread;
 mod token;
+mod workflow;
 
 pub use enums::*;
 pub use ids::*;
@@ -14,3 +15,4 @@ pub use inbox::*;
 pub use message::*;
 pub use thread::*;
 pub use token::*;
+pub use workflow::*;

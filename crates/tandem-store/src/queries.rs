@@ -3,10 +3,12 @@
 pub mod idempotency;
 pub mod inbox;
 pub mod messages;
+pub mod secrets;
 pub mod signals;
 pub mod threads;
 pub mod tickets;
 pub mod tokens;
+pub mod workflows;
 
 use chrono::{DateTime, SubsecRound, Utc};
 

@@ -114,6 +114,29 @@ pub async fn authenticate(
     }
 }
 
+/// Middleware for routes that take no token (signed hooks): the rate limit
+/// of requests without a valid token, per client address.
+pub async fn limit_anonymous(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match check_anonymous(&state, client_address(&request)) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+fn check_anonymous(state: &AppState, client: IpAddr) -> Result<(), ApiError> {
+    state
+        .rate_limits
+        .check_anonymous(client)
+        .map_err(|retry_after| {
+            state.metrics.rate_limited("anonymous");
+            ApiError::RateLimited { retry_after }
+        })
+}
+
 /// The address the request came from (unspecified when unknown).
 pub fn client_address(request: &Request) -> IpAddr {
     request
@@ -142,10 +165,7 @@ pub fn admit(
     client: IpAddr,
 ) -> Result<Principal, ApiError> {
     let Some(principal) = token.and_then(Principal::from_token) else {
-        if let Err(retry_after) = state.rate_limits.check_anonymous(client) {
-            state.metrics.rate_limited("anonymous");
-            return Err(ApiError::RateLimited { retry_after });
-        }
+        check_anonymous(state, client)?;
         return Err(ApiError::Unauthorized);
     };
     if let Err(retry_after) = state.rate_limits.check_token(&principal) {

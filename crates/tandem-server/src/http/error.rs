@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use serde::Serialize;
 use tandem_store::StoreError;
+use tandem_workflows::{EngineError, SignatureError};
 
 /// An error answered to a client.
 #[derive(Debug, thiserror::Error)]
@@ -23,14 +24,22 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     #[error("a valid bearer token is required")]
     Unauthorized,
+    /// A signed request (a hook, a resume URL) whose signature does not hold.
+    #[error("{message}")]
+    BadSignature { code: &'static str, message: String },
     #[error("{message}")]
     Forbidden { code: &'static str, message: String },
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A 404 with a code of its own (a workflow name that is not defined).
+    #[error("{message}")]
+    Missing { code: &'static str, message: String },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    #[error("{message}")]
+    Gone { code: &'static str, message: String },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("expected a JSON body with Content-Type: application/json")]
@@ -75,11 +84,12 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::BadSignature { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound(_) | Self::Missing { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Gone { .. } => StatusCode::GONE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -95,8 +105,11 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::BadRequest { code, .. }
+            | Self::BadSignature { code, .. }
             | Self::Forbidden { code, .. }
+            | Self::Missing { code, .. }
             | Self::Conflict { code, .. }
+            | Self::Gone { code, .. }
             | Self::Unprocessable { code, .. } => code,
             Self::Unauthorized => "unauthorized",
             Self::NotFound(_) => "not_found",
@@ -194,6 +207,44 @@ impl From<StoreError> for ApiError {
                 Self::Unavailable("database pool exhausted".into())
             }
             other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::UnknownWorkflow(name) => Self::Missing {
+                code: "unknown_workflow",
+                message: format!("no workflow named {name:?} is defined on this server"),
+            },
+            EngineError::InvalidArgs(reason) => Self::Unprocessable {
+                code: "invalid_args",
+                message: format!("the workflow refused its arguments: {reason}"),
+            },
+            EngineError::ShuttingDown => {
+                Self::Unavailable("the workflow engine is shutting down".into())
+            }
+            EngineError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<SignatureError> for ApiError {
+    fn from(e: SignatureError) -> Self {
+        match e {
+            SignatureError::Malformed | SignatureError::Mismatch => Self::BadSignature {
+                code: "invalid_signature",
+                message: e.to_string(),
+            },
+            SignatureError::Stale => Self::BadSignature {
+                code: "stale_signature",
+                message: e.to_string(),
+            },
+            SignatureError::Expired => Self::Gone {
+                code: "expired",
+                message: e.to_string(),
+            },
         }
     }
 }

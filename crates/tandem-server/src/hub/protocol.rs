@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tandem_store::{InboxItem, Message, Thread, ThreadId};
+use tandem_store::{InboxItem, Message, RunId, Thread, ThreadId, WorkflowRun};
 
 /// Close codes the server uses beyond the standard ones.
 pub mod close {
@@ -43,13 +43,18 @@ pub enum ClientFrame {
 pub enum Topic {
     Thread(ThreadId),
     Inbox,
+    /// One workflow run's status (staff only).
+    Workflow(RunId),
 }
 
 impl Topic {
-    /// Parses `thread:<id>` or `inbox`.
+    /// Parses `thread:<id>`, `inbox` or `workflow:<id>`.
     pub fn parse(topic: &str) -> Option<Self> {
         if topic == "inbox" {
             return Some(Self::Inbox);
+        }
+        if let Some(id) = topic.strip_prefix("workflow:") {
+            return id.parse().ok().map(Self::Workflow);
         }
         let id = topic.strip_prefix("thread:")?;
         id.parse().ok().map(Self::Thread)
@@ -61,6 +66,7 @@ impl std::fmt::Display for Topic {
         match self {
             Self::Thread(id) => write!(f, "thread:{id}"),
             Self::Inbox => f.write_str("inbox"),
+            Self::Workflow(id) => write!(f, "workflow:{id}"),
         }
     }
 }
@@ -100,6 +106,9 @@ pub enum ServerFrame<'a> {
     },
     Inbox {
         item: &'a InboxItem,
+    },
+    Workflow {
+        run: &'a WorkflowRun,
     },
     Typing {
         thread_id: ThreadId,
@@ -167,6 +176,10 @@ impl FrameError {
 
     pub fn not_found() -> Self {
         Self::new("not_found", "no such thread")
+    }
+
+    pub fn run_not_found() -> Self {
+        Self::new("not_found", "no such workflow run")
     }
 
     /// The connection is closing: nothing more will be answered.

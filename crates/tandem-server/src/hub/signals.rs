@@ -1,7 +1,8 @@
 //! Keeping several server processes in step on PostgreSQL.
 //!
 //! Triggers send a signal at every commit that adds a message or changes a
-//! thread or an inbox item; processes send typing and presence themselves.
+//! thread, an inbox item, or a workflow run's status or wake-up time;
+//! processes send typing and presence themselves.
 //! A signal only says what changed: the hub re-reads rows from the tables, so
 //! a signal lost while the listener reconnects loses nothing. After every
 //! (re)connection, and every `poll_interval_secs` as a safety net, every
@@ -120,6 +121,17 @@ impl Hub {
                     Err(error) => tracing::warn!(%error, "hub: reading a changed item failed"),
                 }
             }
+            "workflow" => {
+                // Another process's run may have become due here.
+                let waker = lock(&self.inner.workflow_waker).clone();
+                if let Some(wake) = waker {
+                    wake();
+                }
+                let run_id = tandem_store::RunId(signal.id);
+                if self.watches_run(run_id) {
+                    self.reread_run(run_id).await;
+                }
+            }
             "typing" => {
                 if let Some(who) = &signal.who {
                     self.remote_typing(thread_id, who);
@@ -159,6 +171,23 @@ impl Hub {
                 state.wanted = state.wanted.max(last_seq);
                 self.ensure_fetch(&feed, &mut state);
             }
+        }
+    }
+
+    /// Reads a subscribed run and sends it if it changed.
+    async fn reread_run(&self, run_id: tandem_store::RunId) {
+        match self.inner.store.get_run(run_id).await {
+            Ok(Some(run)) => self.publish_workflow_if_changed(&run),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "hub: reading a changed workflow run failed"),
+        }
+    }
+
+    /// Checks every subscribed run against the table: signals sent while
+    /// nobody listened are lost, the rows are not.
+    async fn resync_runs(&self) {
+        for run_id in self.watched_runs() {
+            self.reread_run(run_id).await;
         }
     }
 
@@ -224,6 +253,7 @@ pub(super) async fn run(hub: Hub) {
         });
         // Whatever was committed while nobody listened is in the tables.
         hub.resync().await;
+        hub.resync_runs().await;
         let mut poll = tokio::time::interval(poll_every);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut presence = tokio::time::interval(PRESENCE_HEARTBEAT);

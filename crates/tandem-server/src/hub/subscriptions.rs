@@ -274,6 +274,7 @@ impl Hub {
     pub fn unsubscribe(&self, conn: ConnId, topic: Topic) {
         match topic {
             Topic::Inbox => self.unsubscribe_inbox(conn),
+            Topic::Workflow(run_id) => self.unsubscribe_workflow(conn, run_id),
             Topic::Thread(thread_id) => {
                 if let Some(feed) = self.unregister(conn, thread_id) {
                     self.presence_changed(&feed);

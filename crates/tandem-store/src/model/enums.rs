@@ -172,3 +172,49 @@ text_enum! {
         Expired = "expired",
     }
 }
+
+text_enum! {
+    /// Where a workflow run stands.
+    pub enum RunStatus {
+        /// Executing, or queued to execute.
+        Running = "running",
+        /// Suspended until a timer fires or an event arrives.
+        Waiting = "waiting",
+        /// Stopped from outside before its next step; its timers hold.
+        Paused = "paused",
+        Completed = "completed",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+}
+
+impl RunStatus {
+    /// Whether the run has ended for good.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+text_enum! {
+    /// Where one journaled step stands.
+    pub enum StepStatus {
+        /// A sleep or a wait that has begun and not ended.
+        Pending = "pending",
+        /// An action that failed and will be tried again.
+        Retrying = "retrying",
+        Completed = "completed",
+        Failed = "failed",
+    }
+}
+
+text_enum! {
+    /// How an event reached a run.
+    pub enum EventSource {
+        /// `POST /v1/workflows/{id}/events/{name}` with a token.
+        Api = "api",
+        /// A signed `POST /v1/hooks/workflows/{id}/events/{name}`.
+        Hook = "hook",
+        /// A single-use resume URL a step minted.
+        ResumeUrl = "resume_url",
+    }
+}

@@ -59,3 +59,15 @@ id_type!(
     /// An item of the human inbox.
     InboxItemId
 );
+id_type!(
+    /// One run of a workflow.
+    RunId
+);
+id_type!(
+    /// An event delivered to a workflow run.
+    EventId
+);
+id_type!(
+    /// One entry of a thread's assignment history.
+    AssignmentId
+);

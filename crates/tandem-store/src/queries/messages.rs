@@ -200,7 +200,10 @@ macro_rules! insert_message_sql {
 }
 
 /// Inserts the message and checks the tool calls it makes or answers.
-async fn insert_message(tx: &mut Tx<'_>, new: NewMessage) -> Result<PostedMessage, StoreError> {
+pub(crate) async fn insert_message(
+    tx: &mut Tx<'_>,
+    new: NewMessage,
+) -> Result<PostedMessage, StoreError> {
     let now = super::now();
     let id = MessageId::new();
     // A customer's message reopens a closed thread (a trigger does it), and

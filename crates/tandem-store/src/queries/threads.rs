@@ -18,6 +18,7 @@ macro_rules! thread_columns {
          created_at, updated_at"
     };
 }
+pub(crate) use thread_columns;
 
 /// A thread by id (`$1`), if it is the customer's (`$2`) or `$2` is null.
 pub(crate) const SELECT_THREAD: &str = concat!(

@@ -330,8 +330,11 @@ impl Session {
         match frame {
             ClientFrame::Subscribe { topic, after_seq } => {
                 let parsed = Topic::parse(&topic).ok_or_else(|| {
-                    FrameError::new("invalid_topic", "topics are `thread:<id>` and `inbox`")
-                        .with_topic(&topic)
+                    FrameError::new(
+                        "invalid_topic",
+                        "topics are `thread:<id>`, `inbox` and `workflow:<id>`",
+                    )
+                    .with_topic(&topic)
                 })?;
                 self.subscribe(parsed, after_seq)
                     .await
@@ -397,6 +400,7 @@ impl Session {
                     .await
             }
             Topic::Inbox => self.hub.subscribe_inbox(&self.peer).await,
+            Topic::Workflow(run_id) => self.hub.subscribe_workflow(&self.peer, run_id).await,
         };
         if subscribed.is_err() {
             self.topics.remove(&topic);

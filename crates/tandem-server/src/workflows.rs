@@ -1,0 +1,87 @@
+//! The workflow engine's place in the server: the secret it signs with,
+//! the declarative definitions it loads, and the [`Notifier`] that pushes
+//! what it changes to the hub.
+
+use std::time::Duration;
+
+use tandem_store::{EffectOutput, Store, StoreError, WorkflowRun};
+use tandem_workflows::{Notifier, Registry, Signer};
+
+use crate::config::{Config, WorkflowsConfig};
+use crate::hub::Hub;
+
+/// The name of the generated signing secret in the store.
+pub const SIGNING_SECRET_NAME: &str = "workflow_signing";
+
+/// The signer of hooks and resume URLs: `workflows.signing_secret`, or the
+/// secret kept in the database (generated on first use), so that every
+/// process on one database and every restart agrees on it.
+pub async fn signer(store: &Store, config: &Config) -> Result<Signer, StoreError> {
+    let secret = match &config.workflows.signing_secret {
+        Some(secret) => secret.clone(),
+        None => store.server_secret(SIGNING_SECRET_NAME).await?,
+    };
+    Ok(signer_with(&secret, config))
+}
+
+/// A signer with the given secret and the configured URL and tolerance.
+pub(crate) fn signer_with(secret: &str, config: &Config) -> Signer {
+    Signer::new(
+        secret,
+        &public_url(config),
+        Duration::from_secs(config.workflows.hook_tolerance_secs),
+    )
+}
+
+/// The server's address as callers reach it: `workflows.public_url`, or
+/// `http://{listen}`.
+pub fn public_url(config: &Config) -> String {
+    config
+        .workflows
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.listen))
+}
+
+/// Adds the declarative workflows of `workflows.definitions_dir` to
+/// `registry` (with every older version still stored, for the runs pinned
+/// to them) and returns how many definitions were loaded.
+pub async fn load_declarative(
+    store: &Store,
+    config: &WorkflowsConfig,
+    registry: &mut Registry,
+) -> Result<usize, tandem_workflows::DefinitionError> {
+    let Some(dir) = &config.definitions_dir else {
+        return Ok(0);
+    };
+    let loaded = tandem_workflows::load_definitions(store, dir, registry).await?;
+    for definition in &loaded {
+        tracing::info!(
+            name = %definition.name,
+            version = %definition.version,
+            path = %definition.path.display(),
+            steps = definition.steps,
+            "workflows: loaded a definition"
+        );
+    }
+    Ok(loaded.len())
+}
+
+/// Pushes the engine's changes to the hub's subscribers.
+impl Notifier for Hub {
+    fn run_changed(&self, run: &WorkflowRun) {
+        self.publish_workflow(run);
+    }
+
+    fn effect(&self, effect: &EffectOutput) {
+        match effect {
+            EffectOutput::Message(posted) => {
+                self.publish_message(&posted.message);
+                if let Some(thread) = &posted.reopened {
+                    self.publish_thread(thread);
+                }
+            }
+            EffectOutput::Thread(thread) => self.publish_thread(thread),
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Committing journal entries, with their store effects, in one transaction.
+
+use sqlx::types::Json;
+
+use super::runs::lease_lost;
+use super::{RunRow, run_columns};
+use crate::backend::{Tx, job, on_conn};
+use crate::queries::messages::insert_message;
+use crate::{
+    AssignmentId, Committed, EffectOutput, JournalWrite, Lease, NewAssignment, RunStatus,
+    RunUpdate, Store, StoreEffect, StoreError, Thread, WorkflowRun,
+};
+
+/// One commit of an executor.
+#[derive(Debug, Clone)]
+pub struct StepCommit {
+    pub lease: Lease,
+    /// Entries in step order.
+    pub writes: Vec<JournalWrite>,
+    /// A write to Tandem's own tables; its output becomes the `output` of
+    /// the entry at `writes[index]`.
+    pub effect: Option<(usize, StoreEffect)>,
+    pub update: RunUpdate,
+    /// The workflow clock's now (µs).
+    pub now: i64,
+    /// The renewed lease's end (µs, wall clock).
+    pub lease_until: i64,
+}
+
+impl Store {
+    /// Commits journal entries (and a store effect) if the lease is still
+    /// the current one; fails with `lease_lost` otherwise, committing
+    /// nothing. A paused run still takes the commit of the step that was
+    /// in flight when it was paused.
+    pub async fn commit_steps(&self, commit: StepCommit) -> Result<Committed, StoreError> {
+        self.write(job(move |mut tx| {
+            let commit = commit.clone();
+            Box::pin(async move { commit_in(&mut tx, commit).await })
+        }))
+        .await
+    }
+}
+
+async fn commit_in(tx: &mut Tx<'_>, commit: StepCommit) -> Result<Committed, StoreError> {
+    const FENCE: &str = concat!(
+        "UPDATE workflow_runs SET lease_until = $4, updated_at = $5
+         WHERE id = $1 AND lease_owner = $2 AND generation = $3
+           AND status IN ('running', 'waiting', 'paused')
+         RETURNING ",
+        run_columns!()
+    );
+    let StepCommit {
+        lease,
+        mut writes,
+        effect,
+        update,
+        now,
+        lease_until,
+    } = commit;
+    let updated_at = crate::queries::now();
+    let before = on_conn!(tx, c => sqlx::query_as::<_, RunRow>(FENCE)
+        .bind(lease.run_id)
+        .bind(&lease.owner)
+        .bind(lease.generation)
+        .bind(lease_until)
+        .bind(updated_at)
+        .fetch_optional(c)
+        .await)?
+    .map(WorkflowRun::from)
+    .ok_or_else(lease_lost)?;
+
+    let effect = match effect {
+        Some((index, effect)) => {
+            let (output, value) = apply_effect(tx, effect).await?;
+            if let Some(write) = writes.get_mut(index) {
+                write.output = Some(value);
+            }
+            Some(output)
+        }
+        None => None,
+    };
+    for write in &writes {
+        write_entry(tx, &lease, write).await?;
+    }
+
+    let run = match update {
+        RunUpdate::Continue => before.clone(),
+        RunUpdate::Suspend {
+            ready_at,
+            waiting_for,
+        } => {
+            // The run row is locked (the fence above), so an event delivered
+            // concurrently either committed before this statement, and is
+            // seen here, or waits and then sees `waiting_for`.
+            let arrived = match &waiting_for {
+                Some(name) => {
+                    on_conn!(tx, c => sqlx::query_scalar::<_, i64>(
+                    "SELECT COUNT(*) FROM workflow_events
+                     WHERE run_id = $1 AND name = $2 AND consumed_seq IS NULL",
+                )
+                .bind(lease.run_id)
+                .bind(name)
+                .fetch_one(c)
+                .await)? > 0
+                }
+                None => false,
+            };
+            let (status, ready_at, waiting_for) = if arrived {
+                (RunStatus::Running, Some(now), None)
+            } else {
+                (RunStatus::Waiting, ready_at, waiting_for)
+            };
+            const SUSPEND: &str = concat!(
+                "UPDATE workflow_runs SET
+                     status = CASE WHEN status = 'paused' THEN 'paused' ELSE $2 END,
+                     ready_at = $3, waiting_for = $4, lease_owner = NULL, lease_until = NULL
+                 WHERE id = $1 RETURNING ",
+                run_columns!()
+            );
+            on_conn!(tx, c => sqlx::query_as::<_, RunRow>(SUSPEND)
+                .bind(lease.run_id)
+                .bind(status)
+                .bind(ready_at)
+                .bind(&waiting_for)
+                .fetch_one(c)
+                .await)?
+            .into()
+        }
+        RunUpdate::Finish {
+            status,
+            result,
+            error,
+        } => {
+            const FINISH: &str = concat!(
+                "UPDATE workflow_runs SET
+                     status = $2, result = $3, error = $4, waiting_for = NULL, finished_at = $5,
+                     ready_at = CASE WHEN finalize THEN $6 ELSE NULL END,
+                     lease_owner = CASE WHEN finalize THEN lease_owner ELSE NULL END,
+                     lease_until = CASE WHEN finalize THEN lease_until ELSE NULL END
+                 WHERE id = $1 RETURNING ",
+                run_columns!()
+            );
+            on_conn!(tx, c => sqlx::query_as::<_, RunRow>(FINISH)
+                .bind(lease.run_id)
+                .bind(status)
+                .bind(result.map(Json))
+                .bind(error.map(Json))
+                .bind(updated_at)
+                .bind(now)
+                .fetch_one(c)
+                .await)?
+            .into()
+        }
+    };
+    let changed = run.status != before.status || run.wake_at != before.wake_at;
+    Ok(Committed {
+        run,
+        changed,
+        effect,
+    })
+}
+
+/// Inserts an entry, or completes the pending or retrying row of the same
+/// step. A completed or failed row never changes: a second commit of a step
+/// fails instead.
+async fn write_entry(
+    tx: &mut Tx<'_>,
+    lease: &Lease,
+    write: &JournalWrite,
+) -> Result<(), StoreError> {
+    let written = on_conn!(tx, c => sqlx::query(
+        "INSERT INTO workflow_steps
+             (run_id, seq, kind, name, status, output, error, attempts, wake_at, started_at, finished_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (run_id, seq) DO UPDATE SET
+             status = excluded.status, output = excluded.output, error = excluded.error,
+             attempts = excluded.attempts, wake_at = excluded.wake_at,
+             finished_at = excluded.finished_at
+         WHERE workflow_steps.status IN ('pending', 'retrying')
+           AND workflow_steps.kind = excluded.kind AND workflow_steps.name = excluded.name",
+    )
+    .bind(lease.run_id)
+    .bind(write.seq)
+    .bind(&write.kind)
+    .bind(&write.name)
+    .bind(write.status)
+    .bind(write.output.as_ref().map(Json))
+    .bind(write.error.as_ref().map(Json))
+    .bind(write.attempts)
+    .bind(write.wake_at)
+    .bind(write.started_at)
+    .bind(write.finished_at)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    if written != 1 {
+        return Err(StoreError::conflict(
+            "step_committed",
+            format!(
+                "step {} of run {} is already in the journal",
+                write.seq, lease.run_id
+            ),
+        ));
+    }
+    if let Some(event) = write.consumes {
+        let taken = on_conn!(tx, c => sqlx::query(
+            "UPDATE workflow_events SET consumed_seq = $3
+             WHERE id = $1 AND run_id = $2 AND consumed_seq IS NULL",
+        )
+        .bind(event)
+        .bind(lease.run_id)
+        .bind(write.seq)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        if taken != 1 {
+            return Err(StoreError::conflict(
+                "event_taken",
+                format!("event {event} was already taken by another step"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Makes a store effect inside the commit's transaction.
+async fn apply_effect(
+    tx: &mut Tx<'_>,
+    effect: StoreEffect,
+) -> Result<(EffectOutput, serde_json::Value), StoreError> {
+    let output = match effect {
+        StoreEffect::PostMessage(new) => EffectOutput::Message(insert_message(tx, new).await?),
+        StoreEffect::Assign(assignment) => EffectOutput::Thread(assign_in(tx, assignment).await?),
+    };
+    let value = match &output {
+        EffectOutput::Message(posted) => serde_json::to_value(&posted.message),
+        EffectOutput::Thread(thread) => serde_json::to_value(thread),
+    }
+    .map_err(|e| StoreError::Corrupt(format!("effect output: {e}")))?;
+    Ok((output, value))
+}
+
+/// Assigns a thread and records the change in its history.
+pub(crate) async fn assign_in(tx: &mut Tx<'_>, new: NewAssignment) -> Result<Thread, StoreError> {
+    const SQL: &str = concat!(
+        "UPDATE threads SET assigned_to = $2, assignee = $3, updated_at = $4 WHERE id = $1 RETURNING ",
+        crate::queries::threads::thread_columns!()
+    );
+    let now = crate::queries::now();
+    let thread = on_conn!(tx, c => sqlx::query_as::<_, Thread>(SQL)
+        .bind(new.thread_id)
+        .bind(new.assigned_to)
+        .bind(&new.assignee)
+        .bind(now)
+        .fetch_optional(c)
+        .await)?
+    .ok_or(StoreError::NotFound("thread"))?;
+    on_conn!(tx, c => sqlx::query(
+        "INSERT INTO assignments
+             (id, thread_id, assigned_to, assignee, team, reason, by_kind, by_id, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(AssignmentId::new())
+    .bind(new.thread_id)
+    .bind(new.assigned_to)
+    .bind(&new.assignee)
+    .bind(&new.team)
+    .bind(&new.reason)
+    .bind(&new.by_kind)
+    .bind(&new.by_id)
+    .bind(now)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(thread)
+}

@@ -1,0 +1,1548 @@
+//! The definition format: its types, parsing from JSON or TOML, validation,
+//! and the canonical JSON a definition's version is the hash of.
+//!
+//! Parsing goes through a JSON value step by step (rather than one derived
+//! `Deserialize` with a tagged enum) so that every problem can name the
+//! step and the field it is in, and so that every problem of a file is
+//! reported at once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tandem_store::{AssignedTo, Visibility};
+
+use super::template::{Reference, Root, Template, strings_in};
+use crate::retry::RetryPolicy;
+
+/// The jump target that ends the run.
+pub const END: &str = "end";
+
+/// Most steps one definition may have; far more than a readable file has.
+const MAX_STEPS: usize = 500;
+
+/// The longest sleep, deadline, URL lifetime or backoff: ten years. Far
+/// longer ones would overflow the engine's timestamps.
+const MAX_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// Headers every `http` request carries, set by the engine.
+const RESERVED_HEADERS: [&str; 6] = [
+    "idempotency-key",
+    "tandem-timestamp",
+    "tandem-signature",
+    "tandem-run-id",
+    "content-length",
+    "host",
+];
+
+/// A file's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Toml,
+}
+
+impl Format {
+    /// The format a file's extension names (`.json` or `.toml`).
+    pub fn from_path(path: &std::path::Path) -> Option<Self> {
+        match path.extension()?.to_str()? {
+            "json" => Some(Self::Json),
+            "toml" => Some(Self::Toml),
+            _ => None,
+        }
+    }
+}
+
+/// A parsed, validated workflow definition. It serializes to the format
+/// it is read from; reading goes through [`parse`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Definition {
+    /// `[a-z0-9_-]{1,64}`.
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub args: ArgsSpec,
+    pub steps: Vec<Step>,
+    /// The run's result (a template); by default the last step's result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+}
+
+/// What the run's arguments must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArgsSpec {
+    /// Keys the arguments object must have.
+    #[serde(default)]
+    pub required: Vec<String>,
+}
+
+/// One step: its id, what it does, and where the run goes after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// `[a-z0-9_]{1,64}`, unique in the definition; the journal's step name.
+    pub id: String,
+    /// The step to go to next (`"end"` ends the run); by default the one
+    /// after it in the file.
+    pub next: Option<String>,
+    pub action: Action,
+}
+
+/// What a step does, by `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    Http(HttpStep),
+    WaitEvent(WaitEventStep),
+    Sleep(SleepStep),
+    PostMessage(PostMessageStep),
+    Assign(AssignStep),
+    Branch(BranchStep),
+}
+
+const KINDS: &str = "http, wait_event, sleep, post_message, assign, branch";
+
+impl Action {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Http(_) => "http",
+            Self::WaitEvent(_) => "wait_event",
+            Self::Sleep(_) => "sleep",
+            Self::PostMessage(_) => "post_message",
+            Self::Assign(_) => "assign",
+            Self::Branch(_) => "branch",
+        }
+    }
+
+    /// The first segments a reference into this step's result may take;
+    /// `None` when any may (results that are store records).
+    fn result_fields(&self) -> Option<&'static [&'static str]> {
+        match self {
+            Self::Http(_) => Some(&["status", "body"]),
+            Self::WaitEvent(_) => Some(&["event", "timed_out"]),
+            Self::Sleep(_) => Some(&["seconds"]),
+            Self::Branch(_) => Some(&["value", "target"]),
+            Self::PostMessage(_) | Self::Assign(_) => None,
+        }
+    }
+}
+
+impl Serialize for Step {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut value = serde_json::to_value(&self.action).map_err(serde::ser::Error::custom)?;
+        if let Value::Object(map) = &mut value {
+            map.insert("id".into(), Value::String(self.id.clone()));
+            if let Some(next) = &self.next {
+                map.insert("next".into(), Value::String(next.clone()));
+            }
+        }
+        value.serialize(serializer)
+    }
+}
+
+/// An HTTP request to another system.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpStep {
+    /// A template; `http://` or `https://`.
+    pub url: String,
+    #[serde(default)]
+    pub method: Method,
+    /// Extra headers (values are templates).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// The JSON body, templated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// The statuses that count as success; by default any 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Vec<u16>>,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+/// An `http` step's method.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Method {
+    #[serde(rename = "GET", alias = "get")]
+    Get,
+    #[default]
+    #[serde(rename = "POST", alias = "post")]
+    Post,
+    #[serde(rename = "PUT", alias = "put")]
+    Put,
+    #[serde(rename = "PATCH", alias = "patch")]
+    Patch,
+    #[serde(rename = "DELETE", alias = "delete")]
+    Delete,
+}
+
+/// A wait for an event, with an optional deadline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitEventStep {
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// The step to go to when the deadline passes; without it the run fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<String>,
+    /// How long a `{{resume_url.<this step>}}` stays valid.
+    #[serde(default = "default_resume_ttl")]
+    pub resume_url_ttl_secs: u64,
+}
+
+fn default_resume_ttl() -> u64 {
+    7 * 24 * 3600
+}
+
+/// A durable sleep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SleepStep {
+    pub seconds: u64,
+}
+
+/// A message posted into a thread as a named agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostMessageStep {
+    pub thread_id: String,
+    pub text: String,
+    /// The agent the message is posted as (a template).
+    pub agent_name: String,
+    /// Whether the named agent is an AI agent or a person.
+    #[serde(default)]
+    pub author: Speaker,
+    #[serde(default = "default_visibility")]
+    pub visibility: Visibility,
+}
+
+fn default_visibility() -> Visibility {
+    Visibility::Public
+}
+
+/// The kind of agent a `post_message` step speaks as.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Speaker {
+    #[default]
+    Ai,
+    Human,
+}
+
+/// A change of a thread's assignment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignStep {
+    pub thread_id: String,
+    pub to: AssignedTo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignee: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A jump chosen by a value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BranchStep {
+    /// A reference path (`steps.decide.event.approved`), kept without braces.
+    pub on: String,
+    /// From a value's JSON text (`true`, `"approved"`) or a bare string to a
+    /// step id (or `"end"`).
+    #[serde(default)]
+    pub cases: BTreeMap<String, String>,
+    /// Where to go when no case matches; by default the next step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+}
+
+impl BranchStep {
+    /// The target for `value`: a case whose key is the value's JSON text,
+    /// else one whose key is the string value itself, else the default.
+    pub fn target(&self, value: &Value) -> Option<&str> {
+        let text = value.to_string();
+        self.cases
+            .get(&text)
+            .or_else(|| value.as_str().and_then(|s| self.cases.get(s)))
+            .or(self.default.as_ref())
+            .map(String::as_str)
+    }
+}
+
+/// One problem with a definition: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    /// The step's id (or `#n`, its 1-based place, when it has none).
+    pub step: Option<String>,
+    /// The field, as a path (`retry.max_attempts`, `body.callback`).
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(step) = &self.step {
+            write!(f, ": step {step:?}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": field `{field}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Collects the problems of one file.
+struct Problems<'a> {
+    file: &'a str,
+    list: Vec<Problem>,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, step: Option<&str>, field: Option<&str>, message: impl Into<String>) {
+        self.list.push(Problem {
+            file: self.file.to_owned(),
+            step: step.map(str::to_owned),
+            field: field.map(str::to_owned),
+            message: message.into(),
+        });
+    }
+}
+
+/// Parses and validates a definition; `file` names it in problems.
+pub fn parse(source: &str, format: Format, file: &str) -> Result<Definition, Vec<Problem>> {
+    let mut problems = Problems {
+        file,
+        list: Vec::new(),
+    };
+    let value: Value = match format {
+        Format::Json => serde_json::from_str(source).map_err(|e| e.to_string()),
+        Format::Toml => toml::from_str(source).map_err(|e| e.to_string().trim_end().to_owned()),
+    }
+    .map_err(|message| {
+        vec![Problem {
+            file: file.to_owned(),
+            step: None,
+            field: None,
+            message: format!("not valid {}: {message}", format_name(format)),
+        }]
+    })?;
+    let definition = from_value(value, &mut problems);
+    match definition {
+        Some(definition) if problems.list.is_empty() => Ok(definition),
+        _ => Err(problems.list),
+    }
+}
+
+fn format_name(format: Format) -> &'static str {
+    match format {
+        Format::Json => "JSON",
+        Format::Toml => "TOML",
+    }
+}
+
+/// The top level, with steps left as JSON to parse one by one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefinition {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    args: ArgsSpec,
+    steps: Vec<Value>,
+    #[serde(default)]
+    output: Option<Value>,
+}
+
+fn from_value(value: Value, problems: &mut Problems<'_>) -> Option<Definition> {
+    let raw: RawDefinition = match typed(value) {
+        Ok(raw) => raw,
+        Err((field, message)) => {
+            problems.add(None, field.as_deref(), message);
+            return None;
+        }
+    };
+    let mut steps = Vec::new();
+    // Each parsed step's place in the file, and the steps that did not
+    // parse: they still count as known, so that jumps and references to
+    // them do not add a second, misleading problem.
+    let mut places = Vec::new();
+    let mut unparsed = Vec::new();
+    let count = raw.steps.len();
+    for (i, value) in raw.steps.into_iter().enumerate() {
+        let id = value.get("id").and_then(Value::as_str).map(str::to_owned);
+        match parse_step(value) {
+            Ok(step) => {
+                steps.push(step);
+                places.push(i);
+            }
+            Err((field, message)) => {
+                let label = id.clone().unwrap_or_else(|| format!("#{}", i + 1));
+                problems.add(Some(&label), field.as_deref(), message);
+                unparsed.extend(id.map(|id| (id, i)));
+            }
+        }
+    }
+    let mut definition = Definition {
+        name: raw.name,
+        description: raw.description,
+        args: raw.args,
+        steps,
+        output: raw.output,
+    };
+    let layout = Layout {
+        count,
+        places,
+        unparsed,
+    };
+    validate(&mut definition, &layout, problems);
+    Some(definition)
+}
+
+/// Where steps stand in the file, the ones that did not parse included.
+struct Layout {
+    count: usize,
+    /// The file place of each parsed step.
+    places: Vec<usize>,
+    /// The id and place of each step that did not parse.
+    unparsed: Vec<(String, usize)>,
+}
+
+/// Deserializes with the failing field's path.
+fn typed<T: DeserializeOwned>(value: Value) -> Result<T, (Option<String>, String)> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = (path != ".").then_some(path);
+        (field, e.into_inner().to_string())
+    })
+}
+
+/// Parses one step: `id`, `kind` and `next` here, the rest by kind.
+fn parse_step(value: Value) -> Result<Step, (Option<String>, String)> {
+    let Value::Object(mut map) = value else {
+        return Err((None, "a step must be a table/object".into()));
+    };
+    let id = take_string(&mut map, "id")?;
+    let next = match map.remove("next") {
+        None => None,
+        Some(Value::String(next)) => Some(next),
+        Some(_) => return Err((Some("next".into()), "must be a string".into())),
+    };
+    let kind = take_string(&mut map, "kind")?;
+    let fields = Value::Object(map);
+    let action = match kind.as_str() {
+        "http" => Action::Http(typed(fields)?),
+        "wait_event" => Action::WaitEvent(typed(fields)?),
+        "sleep" => Action::Sleep(typed(fields)?),
+        "post_message" => Action::PostMessage(typed(fields)?),
+        "assign" => Action::Assign(typed(fields)?),
+        "branch" => Action::Branch(typed(fields)?),
+        other => {
+            return Err((
+                Some("kind".into()),
+                format!("unknown kind {other:?}, expected one of {KINDS}"),
+            ));
+        }
+    };
+    Ok(Step { id, next, action })
+}
+
+fn take_string(
+    map: &mut Map<String, Value>,
+    key: &str,
+) -> Result<String, (Option<String>, String)> {
+    match map.remove(key) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err((Some(key.into()), "must be a string".into())),
+        None => Err((None, format!("missing field `{key}`"))),
+    }
+}
+
+fn is_name(name: &str, extra: &[char]) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || extra.contains(&c))
+}
+
+/// Event names travel in URL paths: keep them to URL-safe characters.
+fn is_event_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Checks everything serde cannot: names, jumps, templates, URLs.
+fn validate(definition: &mut Definition, layout: &Layout, problems: &mut Problems<'_>) {
+    let step_count = layout.count;
+    if !is_name(&definition.name, &['-']) {
+        problems.add(
+            None,
+            Some("name"),
+            format!(
+                "{:?} must be 1 to 64 of a-z, 0-9, `_` and `-`",
+                definition.name
+            ),
+        );
+    }
+    if step_count == 0 {
+        problems.add(None, Some("steps"), "a workflow needs at least one step");
+    }
+    if step_count > MAX_STEPS {
+        problems.add(None, Some("steps"), format!("at most {MAX_STEPS} steps"));
+    }
+    for name in &definition.args.required {
+        if !is_event_name(name) {
+            problems.add(
+                None,
+                Some("args.required"),
+                format!("{name:?} is not a valid argument name"),
+            );
+        }
+    }
+
+    let mut seen = HashSet::new();
+    for step in &definition.steps {
+        let id = step.id.as_str();
+        if !is_name(id, &[]) {
+            problems.add(Some(id), Some("id"), "must be 1 to 64 of a-z, 0-9 and `_`");
+        } else if id == END {
+            problems.add(
+                Some(id),
+                Some("id"),
+                "`end` is reserved for `next = \"end\"`",
+            );
+        }
+        if !seen.insert(id) {
+            problems.add(Some(id), Some("id"), "another step has the same id");
+        }
+    }
+
+    // Owned, so that the loop below may normalize steps in place.
+    let mut shapes: HashMap<String, Shape> = HashMap::new();
+    for (step, &place) in definition.steps.iter().zip(&layout.places) {
+        shapes.entry(step.id.clone()).or_insert(Shape {
+            place,
+            kind: Some(step.action.kind()),
+            fields: step.action.result_fields(),
+        });
+    }
+    for (id, place) in &layout.unparsed {
+        shapes.entry(id.clone()).or_insert(Shape {
+            place: *place,
+            kind: None,
+            fields: None,
+        });
+    }
+    let refs = RefCheck { shapes: &shapes };
+    let jump = |problems: &mut Problems<'_>, step: &str, field: &str, target: &str| {
+        if target != END && !shapes.contains_key(target) {
+            problems.add(
+                Some(step),
+                Some(field),
+                format!("jumps to unknown step {target:?}"),
+            );
+        }
+    };
+
+    for (step, &i) in definition.steps.iter_mut().zip(&layout.places) {
+        let id = step.id.clone();
+        let id = id.as_str();
+        if let Some(next) = &step.next {
+            if matches!(step.action, Action::Branch(_)) {
+                problems.add(
+                    Some(id),
+                    Some("next"),
+                    "a branch jumps with `cases` and `default`, not `next`",
+                );
+            }
+            jump(problems, id, "next", next);
+        }
+        let check = |problems: &mut Problems<'_>, field: &str, source: &str| {
+            refs.template(problems, id, Some(i), field, source)
+        };
+        match &mut step.action {
+            Action::Http(http) => {
+                check(problems, "url", &http.url);
+                check_url(problems, id, &http.url);
+                let mut lower = HashSet::new();
+                for (name, value) in &http.headers {
+                    let field = format!("headers.{name}");
+                    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        problems.add(Some(id), Some(&field), "not a valid header name");
+                    }
+                    let name = name.to_ascii_lowercase();
+                    if RESERVED_HEADERS.contains(&name.as_str()) {
+                        problems.add(Some(id), Some(&field), "set by the engine on every request");
+                    }
+                    if !lower.insert(name) {
+                        problems.add(Some(id), Some(&field), "the same header twice");
+                    }
+                    check(problems, &field, value);
+                }
+                if let Some(body) = &http.body {
+                    let mut strings = Vec::new();
+                    strings_in(body, "body", &mut strings);
+                    for (field, source) in strings {
+                        check(problems, &field, source);
+                    }
+                }
+                let retry = &http.retry;
+                if !(1..=100).contains(&retry.max_attempts) {
+                    problems.add(Some(id), Some("retry.max_attempts"), "must be 1 to 100");
+                }
+                if !(retry.multiplier.is_finite() && retry.multiplier >= 1.0) {
+                    problems.add(Some(id), Some("retry.multiplier"), "must be at least 1");
+                }
+                for (field, ms) in [
+                    ("retry.initial_backoff_ms", retry.initial_backoff_ms),
+                    ("retry.max_backoff_ms", retry.max_backoff_ms),
+                ] {
+                    if ms > MAX_SECS * 1000 {
+                        problems.add(Some(id), Some(field), "at most ten years");
+                    }
+                }
+                if !(0.0..=1.0).contains(&retry.jitter) {
+                    problems.add(Some(id), Some("retry.jitter"), "must be 0 to 1");
+                }
+                if !(1..=300_000).contains(&http.timeout_ms) {
+                    problems.add(Some(id), Some("timeout_ms"), "must be 1 to 300000");
+                }
+                if let Some(expect) = &http.expect {
+                    if expect.is_empty() {
+                        problems.add(Some(id), Some("expect"), "lists no status");
+                    }
+                    if let Some(bad) = expect.iter().find(|s| !(100..=599).contains(*s)) {
+                        problems.add(
+                            Some(id),
+                            Some("expect"),
+                            format!("{bad} is not an HTTP status"),
+                        );
+                    }
+                }
+            }
+            Action::WaitEvent(wait) => {
+                if !is_event_name(&wait.event) {
+                    problems.add(
+                        Some(id),
+                        Some("event"),
+                        format!(
+                            "{:?} must be 1 to 64 of letters, digits, `_`, `-` and `.`",
+                            wait.event
+                        ),
+                    );
+                }
+                if wait
+                    .timeout_secs
+                    .is_some_and(|t| !(1..=MAX_SECS).contains(&t))
+                {
+                    problems.add(
+                        Some(id),
+                        Some("timeout_secs"),
+                        "must be 1 to 315360000 (ten years)",
+                    );
+                }
+                if let Some(target) = &wait.on_timeout {
+                    if wait.timeout_secs.is_none() {
+                        problems.add(
+                            Some(id),
+                            Some("on_timeout"),
+                            "needs `timeout_secs`: without a deadline it never fires",
+                        );
+                    }
+                    jump(problems, id, "on_timeout", target);
+                }
+                if !(1..=MAX_SECS).contains(&wait.resume_url_ttl_secs) {
+                    problems.add(
+                        Some(id),
+                        Some("resume_url_ttl_secs"),
+                        "must be 1 to 315360000 (ten years)",
+                    );
+                }
+            }
+            Action::Sleep(sleep) => {
+                if !(1..=MAX_SECS).contains(&sleep.seconds) {
+                    problems.add(
+                        Some(id),
+                        Some("seconds"),
+                        "must be 1 to 315360000 (ten years)",
+                    );
+                }
+            }
+            Action::PostMessage(post) => {
+                check(problems, "thread_id", &post.thread_id);
+                check(problems, "text", &post.text);
+                check(problems, "agent_name", &post.agent_name);
+                if post.text.trim().is_empty() {
+                    problems.add(Some(id), Some("text"), "must not be empty");
+                }
+                if post.agent_name.trim().is_empty() || post.agent_name.chars().count() > 128 {
+                    problems.add(Some(id), Some("agent_name"), "must be 1 to 128 characters");
+                }
+            }
+            Action::Assign(assign) => {
+                check(problems, "thread_id", &assign.thread_id);
+                for (field, value) in [
+                    ("assignee", &assign.assignee),
+                    ("team", &assign.team),
+                    ("reason", &assign.reason),
+                ] {
+                    if let Some(value) = value {
+                        check(problems, field, value);
+                    }
+                }
+                if assign.assignee.is_some() && assign.to != AssignedTo::Human {
+                    problems.add(
+                        Some(id),
+                        Some("assignee"),
+                        "only a thread assigned `to = \"human\"` has an assignee",
+                    );
+                }
+            }
+            Action::Branch(branch) => {
+                // `on` is a path; braces are tolerated and dropped, so both
+                // spellings are the same definition (and version).
+                let bare = strip_braces(&branch.on).to_owned();
+                match Reference::parse(&bare) {
+                    Ok(reference) if reference.root == Root::ResumeUrl => {
+                        problems.add(Some(id), Some("on"), "a branch cannot look at a resume URL");
+                    }
+                    Ok(reference) => refs.reference(problems, id, Some(i), "on", &reference),
+                    Err(e) => problems.add(Some(id), Some("on"), e.0),
+                }
+                branch.on = bare;
+                for (case, target) in &branch.cases {
+                    jump(problems, id, &format!("cases.{case}"), target);
+                }
+                if let Some(target) = &branch.default {
+                    jump(problems, id, "default", target);
+                }
+            }
+        }
+    }
+
+    if let Some(output) = &definition.output {
+        let mut strings = Vec::new();
+        strings_in(output, "output", &mut strings);
+        for (field, source) in strings {
+            refs.template(problems, "", None, &field, source);
+        }
+    }
+}
+
+fn strip_braces(on: &str) -> &str {
+    let trimmed = on.trim();
+    trimmed
+        .strip_prefix("{{")
+        .and_then(|s| s.strip_suffix("}}"))
+        .unwrap_or(trimmed)
+        .trim()
+}
+
+/// An `http` step's URL, when it does not start with a reference, must be
+/// an http(s) URL (with each reference standing in as a plain word); one
+/// that starts with a reference is checked when the step runs.
+fn check_url(problems: &mut Problems<'_>, step: &str, source: &str) {
+    let Ok(template) = Template::parse(source) else {
+        return;
+    };
+    if template.literal_prefix().is_empty() && template.references().next().is_some() {
+        return;
+    }
+    let mut sample = String::new();
+    let mut rest = source;
+    while let Some(start) = rest.find("{{") {
+        sample.push_str(&rest[..start]);
+        sample.push('x');
+        rest = rest[start..]
+            .find("}}")
+            .map_or("", |end| &rest[start + end + 2..]);
+    }
+    sample.push_str(rest);
+    match url::Url::parse(&sample) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+        Ok(_) => problems.add(
+            Some(step),
+            Some("url"),
+            format!("{source:?} must be an http:// or https:// URL"),
+        ),
+        Err(e) => problems.add(
+            Some(step),
+            Some("url"),
+            format!("{source:?} is not a valid URL: {e}"),
+        ),
+    }
+}
+
+/// What references need to know of a step.
+struct Shape {
+    /// Its first place (ids are unique once the definition is valid).
+    place: usize,
+    /// `None` for a step that did not parse.
+    kind: Option<&'static str>,
+    /// See [`Action::result_fields`].
+    fields: Option<&'static [&'static str]>,
+}
+
+/// Checks references against the steps they name.
+struct RefCheck<'a> {
+    shapes: &'a HashMap<String, Shape>,
+}
+
+impl RefCheck<'_> {
+    /// `at` is the referring step's place; `None` for the output, which
+    /// may name any step.
+    fn template(
+        &self,
+        problems: &mut Problems<'_>,
+        step: &str,
+        at: Option<usize>,
+        field: &str,
+        source: &str,
+    ) {
+        let step_label = (!step.is_empty()).then_some(step);
+        match Template::parse(source) {
+            Ok(template) => {
+                for reference in template.references() {
+                    self.reference(problems, step, at, field, reference);
+                }
+            }
+            Err(e) => problems.add(step_label, Some(field), e.0),
+        }
+    }
+
+    fn reference(
+        &self,
+        problems: &mut Problems<'_>,
+        step: &str,
+        at: Option<usize>,
+        field: &str,
+        reference: &Reference,
+    ) {
+        let step_label = (!step.is_empty()).then_some(step);
+        let mut problem = |message: String| {
+            problems.add(
+                step_label,
+                Some(field),
+                format!("`{{{{{reference}}}}}`: {message}"),
+            );
+        };
+        match reference.root {
+            Root::Args => {}
+            Root::Run => {
+                if !matches!(reference.path.as_slice(), [f] if matches!(f.as_str(), "id" | "name" | "version"))
+                {
+                    problem("the run has `run.id`, `run.name` and `run.version`".into());
+                }
+            }
+            Root::ResumeUrl => match reference.path.as_slice() {
+                [target] => match self.shapes.get(target).map(|s| s.kind) {
+                    Some(Some("wait_event") | None) => {}
+                    Some(Some(kind)) => problem(format!(
+                        "step {target:?} is a {kind} step, not a wait_event"
+                    )),
+                    None => problem(format!("no step {target:?}")),
+                },
+                _ => problem("write `resume_url.<wait_event step id>`".into()),
+            },
+            Root::Steps => {
+                let Some((target, rest)) = reference.path.split_first() else {
+                    problem("write `steps.<step id>…`".into());
+                    return;
+                };
+                let Some(shape) = self.shapes.get(target) else {
+                    problem(format!("no step {target:?}"));
+                    return;
+                };
+                if at.is_some_and(|at| shape.place >= at) {
+                    problem(format!(
+                        "step {target:?} does not come before this one, so it has no result here"
+                    ));
+                    return;
+                }
+                if let (Some(first), Some(fields)) = (rest.first(), shape.fields)
+                    && !fields.contains(&first.as_str())
+                {
+                    problem(format!(
+                        "a {} step's result has {}",
+                        shape.kind.unwrap_or_default(),
+                        fields
+                            .iter()
+                            .map(|f| format!("`{f}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+        }
+    }
+}
+
+impl Definition {
+    /// The JSON the version is the hash of, and the form kept in the store:
+    /// defaults spelled out, keys sorted, no whitespace. Reformatting a file,
+    /// or writing it in the other format, does not change it.
+    pub fn canonical_json(&self) -> String {
+        let value = serde_json::to_value(self).unwrap_or(Value::Null);
+        let mut out = String::new();
+        write_canonical(&value, &mut out);
+        out
+    }
+
+    /// The first 12 hex digits of the SHA-256 of [`Self::canonical_json`].
+    pub fn version(&self) -> String {
+        let digest = Sha256::digest(self.canonical_json().as_bytes());
+        hex::encode(digest)[..12].to_owned()
+    }
+
+    /// The place of the step with this id.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.id == id)
+    }
+}
+
+/// JSON with object keys sorted at every level, whatever order the map
+/// kept them in.
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../../examples/workflows/refund.toml");
+
+    fn toml(source: &str) -> Result<Definition, Vec<Problem>> {
+        parse(source, Format::Toml, "flow.toml")
+    }
+
+    fn ok(source: &str) -> Definition {
+        toml(source).unwrap_or_else(|problems| panic!("{problems:#?}"))
+    }
+
+    /// The problems of an invalid file.
+    fn problems(source: &str) -> Vec<Problem> {
+        match toml(source) {
+            Ok(definition) => panic!("expected problems, parsed {definition:#?}"),
+            Err(problems) => problems,
+        }
+    }
+
+    /// Asserts one of `problems` is at this step and field and says `says`.
+    #[track_caller]
+    fn has(problems: &[Problem], step: Option<&str>, field: Option<&str>, says: &str) {
+        let found = problems.iter().any(|p| {
+            p.file == "flow.toml"
+                && p.step.as_deref() == step
+                && p.field.as_deref() == field
+                && p.message.contains(says)
+        });
+        assert!(
+            found,
+            "no problem at {step:?} {field:?} saying {says:?} in {problems:#?}"
+        );
+    }
+
+    /// A valid file around `steps`.
+    fn with_steps(steps: &str) -> String {
+        format!("name = \"flow\"\n{steps}")
+    }
+
+    const WAIT: &str = r#"
+[[steps]]
+id = "decision"
+kind = "wait_event"
+event = "decided"
+"#;
+
+    #[test]
+    fn the_example_is_valid() {
+        let definition = ok(EXAMPLE);
+        assert_eq!(definition.name, "refund");
+        assert_eq!(definition.steps.len(), 8);
+        assert_eq!(
+            definition.args.required,
+            ["thread_id", "order_id", "amount"]
+        );
+        let Action::Http(http) = &definition.steps[0].action else {
+            panic!("the first step is the request");
+        };
+        assert_eq!(http.method, Method::Post);
+        assert_eq!(http.retry.max_attempts, 5);
+        assert_eq!(http.retry.multiplier, RetryPolicy::default().multiplier);
+        assert_eq!(definition.version().len(), 12);
+    }
+
+    #[test]
+    fn json_and_toml_give_the_same_definition_and_version() {
+        let from_toml = ok(r#"
+name = "notify"
+output = "{{steps.call.body}}"
+[[steps]]
+id = "call"
+kind = "http"
+url = "https://example.com/hook"
+headers = { "X-Team" = "{{args.team}}" }
+body = { n = 1, ok = true, who = ["{{args.team}}", 2.5] }
+[[steps]]
+id = "nap"
+kind = "sleep"
+seconds = 30
+"#);
+        let from_json = parse(
+            r#"{"name": "notify", "output": "{{steps.call.body}}", "steps": [
+                {"id": "call", "kind": "http", "url": "https://example.com/hook",
+                 "headers": {"X-Team": "{{args.team}}"},
+                 "body": {"who": ["{{args.team}}", 2.5], "ok": true, "n": 1}},
+                {"kind": "sleep", "seconds": 30, "id": "nap"}]}"#,
+            Format::Json,
+            "notify.json",
+        )
+        .unwrap_or_else(|p| panic!("{p:#?}"));
+        assert_eq!(from_toml, from_json);
+        assert_eq!(from_toml.canonical_json(), from_json.canonical_json());
+        assert_eq!(from_toml.version(), from_json.version());
+    }
+
+    #[test]
+    fn the_version_ignores_formatting_and_spelled_out_defaults_but_not_content() {
+        let base = ok(r#"
+name = "flow"
+[[steps]]
+id = "call"
+kind = "http"
+url = "https://example.com/x"
+[[steps]]
+id = "decision"
+kind = "wait_event"
+event = "decided"
+[[steps]]
+id = "route"
+kind = "branch"
+on = "steps.decision.event.ok"
+cases = { true = "call" }
+"#);
+        let reformatted = ok(r#"
+# a comment
+name    =   "flow"
+
+[[steps]]
+kind = "http"            # kinds first this time
+id = "call"
+method = "post"
+url = "https://example.com/x"
+timeout_ms = 10000
+retry = { max_attempts = 3 }
+
+[[steps]]
+event = "decided"
+id = "decision"
+kind = "wait_event"
+resume_url_ttl_secs = 604800
+
+[[steps]]
+id = "route"
+kind = "branch"
+on = "{{ steps.decision.event.ok }}"
+[steps.cases]
+true = "call"
+"#);
+        assert_eq!(base, reformatted);
+        assert_eq!(base.version(), reformatted.version());
+
+        let changed = ok(&EXAMPLE.replace("timeout_ms = 5000", "timeout_ms = 5001"));
+        assert_ne!(ok(EXAMPLE).version(), changed.version());
+        let renamed = ok(&EXAMPLE.replace("id = \"acknowledge\"", "id = \"ack\""));
+        assert_ne!(ok(EXAMPLE).version(), renamed.version());
+    }
+
+    #[test]
+    fn the_canonical_json_reads_back_as_the_same_definition() {
+        let definition = ok(EXAMPLE);
+        let canonical = definition.canonical_json();
+        let again = parse(&canonical, Format::Json, "stored").unwrap_or_else(|p| panic!("{p:#?}"));
+        assert_eq!(definition, again);
+        assert_eq!(canonical, again.canonical_json());
+        assert!(!canonical.contains('\n'));
+        assert!(
+            canonical.starts_with("{\"args\":{\"required\":["),
+            "keys sorted: {canonical}"
+        );
+        let value: Value = serde_json::from_str(&canonical).unwrap_or_default();
+        assert_eq!(value["steps"][0]["method"], json!("POST"));
+        assert_eq!(value["steps"][0]["retry"]["max_attempts"], json!(5));
+    }
+
+    #[test]
+    fn syntax_errors_name_the_format_and_place() {
+        let p = problems("name = \"flow\"\n[[steps]\n");
+        assert_eq!(p.len(), 1);
+        assert!(p[0].message.starts_with("not valid TOML"), "{}", p[0]);
+        assert!(p[0].message.contains("line 2"), "{}", p[0]);
+        let p = parse("{\"name\": ", Format::Json, "flow.json")
+            .err()
+            .unwrap_or_default();
+        assert!(p[0].message.starts_with("not valid JSON"), "{}", p[0]);
+        assert_eq!(p[0].file, "flow.json");
+    }
+
+    #[test]
+    fn unknown_kinds_and_fields_are_refused() {
+        let p = problems(&with_steps(
+            "[[steps]]\nid = \"a\"\nkind = \"email\"\nto = \"x\"\n",
+        ));
+        has(
+            &p,
+            Some("a"),
+            Some("kind"),
+            "unknown kind \"email\", expected one of http",
+        );
+
+        let p = problems(&with_steps(
+            "[[steps]]\nid = \"a\"\nkind = \"http\"\nurl = \"https://x.test/\"\nmethd = \"GET\"\n",
+        ));
+        has(&p, Some("a"), Some("methd"), "unknown field `methd`");
+
+        let p = problems("name = \"flow\"\nsteps = []\nversion = 2\n");
+        has(&p, None, Some("version"), "unknown field `version`");
+
+        let p = problems(&with_steps(
+            "[[steps]]\nid = \"a\"\nkind = \"http\"\nurl = \"https://x.test/\"\nretry = { max_attempts = \"three\" }\n",
+        ));
+        has(&p, Some("a"), Some("retry.max_attempts"), "invalid type");
+
+        let p = problems(&with_steps("[[steps]]\nid = \"a\"\nkind = \"http\"\n"));
+        has(&p, Some("a"), None, "missing field `url`");
+
+        let p = problems(&with_steps("[[steps]]\nkind = \"sleep\"\nseconds = 1\n"));
+        has(&p, Some("#1"), None, "missing field `id`");
+    }
+
+    #[test]
+    fn empty_steps_and_bad_names_are_refused() {
+        has(
+            &problems("name = \"flow\"\nsteps = []\n"),
+            None,
+            Some("steps"),
+            "at least one step",
+        );
+        has(
+            &problems("name = \"flow\"\n"),
+            None,
+            None,
+            "missing field `steps`",
+        );
+
+        let p = problems(
+            "name = \"Refund Flow\"\n[[steps]]\nid = \"a\"\nkind = \"sleep\"\nseconds = 1\n",
+        );
+        has(&p, None, Some("name"), "must be 1 to 64 of a-z");
+        let long = "x".repeat(65);
+        let p = problems(&format!(
+            "name = \"{long}\"\n[[steps]]\nid = \"a\"\nkind = \"sleep\"\nseconds = 1\n"
+        ));
+        has(&p, None, Some("name"), "must be 1 to 64");
+
+        let p = problems(&with_steps(
+            "[[steps]]\nid = \"Ask-Manager\"\nkind = \"sleep\"\nseconds = 1\n",
+        ));
+        has(
+            &p,
+            Some("Ask-Manager"),
+            Some("id"),
+            "must be 1 to 64 of a-z, 0-9 and `_`",
+        );
+        let p = problems(&with_steps(
+            "[[steps]]\nid = \"end\"\nkind = \"sleep\"\nseconds = 1\n",
+        ));
+        has(&p, Some("end"), Some("id"), "reserved");
+
+        let p = problems(&with_steps(
+            "[[steps]]\nid = \"w\"\nkind = \"wait_event\"\nevent = \"a/b\"\n",
+        ));
+        has(&p, Some("w"), Some("event"), "letters, digits");
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        let p = problems(&with_steps(
+            r#"
+[[steps]]
+id = "nap"
+kind = "sleep"
+seconds = 9223372036854775807
+[[steps]]
+id = "w"
+kind = "wait_event"
+event = "e"
+timeout_secs = 315360001
+resume_url_ttl_secs = 0
+[[steps]]
+id = "call"
+kind = "http"
+url = "https://x.test/"
+retry = { max_backoff_ms = 315360000001, jitter = 1.5, max_attempts = 0 }
+timeout_ms = 0
+"#,
+        ));
+        has(&p, Some("nap"), Some("seconds"), "must be 1 to 315360000");
+        has(
+            &p,
+            Some("w"),
+            Some("timeout_secs"),
+            "must be 1 to 315360000",
+        );
+        has(
+            &p,
+            Some("w"),
+            Some("resume_url_ttl_secs"),
+            "must be 1 to 315360000",
+        );
+        has(&p, Some("call"), Some("retry.max_backoff_ms"), "ten years");
+        has(&p, Some("call"), Some("retry.jitter"), "0 to 1");
+        has(&p, Some("call"), Some("retry.max_attempts"), "1 to 100");
+        has(&p, Some("call"), Some("timeout_ms"), "1 to 300000");
+    }
+
+    #[test]
+    fn duplicate_ids_are_refused() {
+        let p = problems(&with_steps(
+            "[[steps]]\nid = \"a\"\nkind = \"sleep\"\nseconds = 1\n[[steps]]\nid = \"a\"\nkind = \"sleep\"\nseconds = 2\n",
+        ));
+        has(&p, Some("a"), Some("id"), "another step has the same id");
+    }
+
+    #[test]
+    fn jumps_must_name_a_step_or_end() {
+        let p = problems(&with_steps(
+            r#"
+[[steps]]
+id = "a"
+kind = "sleep"
+seconds = 1
+next = "nowhere"
+[[steps]]
+id = "w"
+kind = "wait_event"
+event = "e"
+timeout_secs = 5
+on_timeout = "gone"
+[[steps]]
+id = "b"
+kind = "branch"
+on = "steps.w.event.x"
+cases = { yes = "a", no = "missing" }
+default = "lost"
+"#,
+        ));
+        has(
+            &p,
+            Some("a"),
+            Some("next"),
+            "jumps to unknown step \"nowhere\"",
+        );
+        has(
+            &p,
+            Some("w"),
+            Some("on_timeout"),
+            "jumps to unknown step \"gone\"",
+        );
+        has(
+            &p,
+            Some("b"),
+            Some("cases.no"),
+            "jumps to unknown step \"missing\"",
+        );
+        has(
+            &p,
+            Some("b"),
+            Some("default"),
+            "jumps to unknown step \"lost\"",
+        );
+        assert_eq!(p.len(), 4, "{p:#?}");
+
+        // Backward jumps (loops) and `end` are fine.
+        ok(&with_steps(
+            "[[steps]]\nid = \"a\"\nkind = \"sleep\"\nseconds = 1\n[[steps]]\nid = \"b\"\nkind = \"sleep\"\nseconds = 1\nnext = \"a\"\n[[steps]]\nid = \"c\"\nkind = \"sleep\"\nseconds = 1\nnext = \"end\"\n",
+        ));
+
+        let p = problems(&with_steps(
+            "[[steps]]\nid = \"w\"\nkind = \"wait_event\"\nevent = \"e\"\non_timeout = \"w\"\n",
+        ));
+        has(&p, Some("w"), Some("on_timeout"), "needs `timeout_secs`");
+        let p = problems(&format!(
+            "{}\n[[steps]]\nid = \"b\"\nkind = \"branch\"\non = \"steps.decision.event\"\nnext = \"decision\"\n",
+            with_steps(WAIT)
+        ));
+        has(&p, Some("b"), Some("next"), "not `next`");
+    }
+
+    #[test]
+    fn templates_may_only_name_earlier_steps() {
+        let p = problems(&format!(
+            r#"{}
+[[steps]]
+id = "tell"
+kind = "post_message"
+thread_id = "{{{{args.thread_id}}}}"
+agent_name = "Bot"
+text = "later: {{{{steps.after.body}}}}, self: {{{{steps.tell.id}}}}, unknown: {{{{steps.ghost}}}}"
+[[steps]]
+id = "after"
+kind = "http"
+url = "https://x.test/"
+body = {{ ok = "{{{{steps.decision.event}}}}", bad = ["{{{{steps.decision.payload}}}}"] }}
+"#,
+            with_steps(WAIT)
+        ));
+        has(
+            &p,
+            Some("tell"),
+            Some("text"),
+            "step \"after\" does not come before this one",
+        );
+        has(
+            &p,
+            Some("tell"),
+            Some("text"),
+            "step \"tell\" does not come before this one",
+        );
+        has(&p, Some("tell"), Some("text"), "no step \"ghost\"");
+        has(
+            &p,
+            Some("after"),
+            Some("body.bad[0]"),
+            "a wait_event step's result has `event`, `timed_out`",
+        );
+        assert_eq!(p.len(), 4, "{p:#?}");
+
+        let p = problems(&with_steps(
+            "[[steps]]\nid = \"a\"\nkind = \"post_message\"\nthread_id = \"{{env.THREAD}}\"\nagent_name = \"Bot\"\ntext = \"{{run.started}} {{args.x\"\n",
+        ));
+        has(
+            &p,
+            Some("a"),
+            Some("thread_id"),
+            "must start with `args`, `steps`, `run` or `resume_url`",
+        );
+        has(&p, Some("a"), Some("text"), "unclosed");
+
+        let p = problems(&with_steps(
+            "[[steps]]\nid = \"a\"\nkind = \"post_message\"\nthread_id = \"{{args.t}}\"\nagent_name = \"Bot\"\ntext = \"{{run.started}}\"\n",
+        ));
+        has(
+            &p,
+            Some("a"),
+            Some("text"),
+            "`run.id`, `run.name` and `run.version`",
+        );
+
+        // The output may name any step.
+        ok(&format!(
+            "name = \"flow\"\noutput = {{ d = \"{{{{steps.decision.event}}}}\" }}\n{WAIT}"
+        ));
+        let p = problems(&format!(
+            "name = \"flow\"\noutput = \"{{{{steps.nope}}}}\"\n{WAIT}"
+        ));
+        has(&p, None, Some("output"), "no step \"nope\"");
+    }
+
+    #[test]
+    fn resume_urls_must_name_a_wait_step() {
+        let source = r#"
+name = "flow"
+[[steps]]
+id = "call"
+kind = "http"
+url = "https://x.test/"
+body = { good = "{{resume_url.decision}}", bad = "{{resume_url.nap}}", worse = "{{resume_url.ghost}}" }
+[[steps]]
+id = "nap"
+kind = "sleep"
+seconds = 1
+[[steps]]
+id = "decision"
+kind = "wait_event"
+event = "decided"
+"#;
+        let p = problems(source);
+        has(
+            &p,
+            Some("call"),
+            Some("body.bad"),
+            "step \"nap\" is a sleep step, not a wait_event",
+        );
+        has(&p, Some("call"), Some("body.worse"), "no step \"ghost\"");
+        assert_eq!(p.len(), 2, "{p:#?}");
+    }
+
+    #[test]
+    fn urls_and_headers_are_checked() {
+        let step = |url: &str| {
+            with_steps(&format!(
+                "[[steps]]\nid = \"a\"\nkind = \"http\"\nurl = \"{url}\"\n"
+            ))
+        };
+        has(
+            &problems(&step("ftp://x.test/f")),
+            Some("a"),
+            Some("url"),
+            "must be an http:// or https:// URL",
+        );
+        has(
+            &problems(&step("not a url")),
+            Some("a"),
+            Some("url"),
+            "is not a valid URL",
+        );
+        has(
+            &problems(&step("x.test/{{args.p}}")),
+            Some("a"),
+            Some("url"),
+            "is not a valid URL",
+        );
+        ok(&step("https://x.test/orders/{{args.order}}?q={{args.q}}"));
+        // A URL that is a reference is checked when the step runs.
+        ok(&step("{{args.callback}}"));
+
+        let p = problems(&with_steps(
+            "[[steps]]\nid = \"a\"\nkind = \"http\"\nurl = \"https://x.test/\"\nheaders = { \"Idempotency-Key\" = \"mine\", \"bad header\" = \"x\" }\n",
+        ));
+        has(
+            &p,
+            Some("a"),
+            Some("headers.Idempotency-Key"),
+            "set by the engine",
+        );
+        has(
+            &p,
+            Some("a"),
+            Some("headers.bad header"),
+            "not a valid header name",
+        );
+    }
+
+    #[test]
+    fn a_step_that_does_not_parse_is_still_known_to_the_others() {
+        let p = problems(&with_steps(
+            r#"
+[[steps]]
+id = "a"
+kind = "sleep"
+seconds = 1
+next = "b"
+[[steps]]
+id = "b"
+kind = "http"
+[[steps]]
+id = "c"
+kind = "post_message"
+thread_id = "{{steps.b.body.thread}}"
+agent_name = "Bot"
+text = "{{resume_url.b}}"
+"#,
+        ));
+        has(&p, Some("b"), None, "missing field `url`");
+        assert_eq!(p.len(), 1, "no follow-on problems: {p:#?}");
+    }
+
+    #[test]
+    fn every_problem_of_a_file_is_reported_at_once() {
+        let p = problems(
+            r#"
+name = "Bad Name"
+[[steps]]
+id = "a"
+kind = "nope"
+[[steps]]
+id = "b"
+kind = "sleep"
+seconds = 0
+next = "z"
+[[steps]]
+id = "b"
+kind = "sleep"
+seconds = 1
+"#,
+        );
+        has(&p, None, Some("name"), "must be 1 to 64");
+        has(&p, Some("a"), Some("kind"), "unknown kind");
+        has(&p, Some("b"), Some("seconds"), "must be 1 to");
+        has(&p, Some("b"), Some("next"), "unknown step \"z\"");
+        has(&p, Some("b"), Some("id"), "same id");
+        let text = p[0].to_string();
+        assert!(text.starts_with("flow.toml: "), "{text}");
+    }
+
+    #[test]
+    fn a_branch_matches_json_text_then_bare_strings_then_the_default() {
+        let branch = BranchStep {
+            on: "steps.x.event.v".into(),
+            cases: BTreeMap::from([
+                ("true".into(), "yes".into()),
+                ("\"approved\"".into(), "quoted".into()),
+                ("pending".into(), "bare".into()),
+                ("3".into(), "three".into()),
+                ("null".into(), "nothing".into()),
+            ]),
+            default: Some("other".into()),
+        };
+        assert_eq!(branch.target(&json!(true)), Some("yes"));
+        assert_eq!(branch.target(&json!("true")), Some("yes"));
+        assert_eq!(branch.target(&json!("approved")), Some("quoted"));
+        assert_eq!(branch.target(&json!("pending")), Some("bare"));
+        assert_eq!(branch.target(&json!(3)), Some("three"));
+        assert_eq!(branch.target(&Value::Null), Some("nothing"));
+        assert_eq!(branch.target(&json!(false)), Some("other"));
+        let no_default = BranchStep {
+            default: None,
+            ..branch
+        };
+        assert_eq!(no_default.target(&json!({"a": 1})), None);
+    }
+}

@@ -1,0 +1,861 @@
+//! Declarative workflows on a real engine: SQLite in a temp dir, a manual
+//! clock, and a small HTTP server on loopback standing in for the system
+//! the refund example calls (the "payments system").
+//!
+//! The refund flow is `examples/workflows/refund.toml` itself, with its URL
+//! pointed at the test server.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use chrono::Utc;
+use serde_json::{Value, json};
+use tandem_store::{
+    AssignedTo, AuthorKind, Content, DatabaseOptions, EventSource, Message, MessageFilter,
+    NewThread, RunId, RunStatus, StepStatus, Store, Synchronous, ThreadId, Visibility,
+};
+use tandem_workflows::declarative::{DefinitionError, MAX_EXECUTED_STEPS};
+use tandem_workflows::engine::RunState;
+use tandem_workflows::{
+    Clock, Engine, EngineConfig, ManualClock, Registry, Signer, Silent, load_definitions,
+};
+
+const EXAMPLE: &str = include_str!("../../../examples/workflows/refund.toml");
+const EXAMPLE_URL: &str = "https://payments.example.com/v1/refund-requests";
+const PUBLIC_URL: &str = "http://tandem.test";
+
+/// One request the payments system received.
+#[derive(Debug, Clone)]
+struct Received {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
+
+/// The payments system: answers each request with the next queued status
+/// (then 201 with a reference), and remembers every request.
+#[derive(Default)]
+struct Payments {
+    received: Mutex<Vec<Received>>,
+    answers: Mutex<VecDeque<u16>>,
+}
+
+async fn refund_requests(
+    State(payments): State<Arc<Payments>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    payments
+        .received
+        .lock()
+        .expect("not poisoned")
+        .push(Received { headers, body });
+    let status = payments
+        .answers
+        .lock()
+        .expect("not poisoned")
+        .pop_front()
+        .unwrap_or(201);
+    let status = StatusCode::from_u16(status).expect("a status");
+    if status.is_success() {
+        (status, axum::Json(json!({"reference": "R-7"}))).into_response()
+    } else {
+        (status, "not now").into_response()
+    }
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    store: Store,
+    engine: Engine,
+    clock: Arc<ManualClock>,
+    signer: Signer,
+    payments: Arc<Payments>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl Harness {
+    /// A store, the payments system answering `answers` first, the refund
+    /// example (plus `extra` files) loaded, and a started engine.
+    async fn start(answers: &[u16], extra: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let options = DatabaseOptions {
+            url: format!("sqlite://{}", dir.path().join("tandem.db").display()),
+            // No fsync per commit: these tests do not survive power losses.
+            synchronous: Synchronous::Normal,
+            ..DatabaseOptions::default()
+        };
+        let store = Store::connect(&options).await.expect("connect");
+        store.migrate().await.expect("migrate");
+
+        let payments = Arc::new(Payments::default());
+        payments
+            .answers
+            .lock()
+            .expect("not poisoned")
+            .extend(answers);
+        let app = Router::new()
+            .route("/v1/refund-requests", post(refund_requests))
+            .with_state(payments.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base_url = format!("http://{}", listener.local_addr().expect("address"));
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("serve");
+        });
+
+        std::fs::create_dir(dir.path().join("workflows")).expect("write the definitions");
+        let refund = EXAMPLE.replace(EXAMPLE_URL, &format!("{base_url}/v1/refund-requests"));
+        assert_ne!(refund, EXAMPLE, "the example calls {EXAMPLE_URL}");
+        std::fs::write(dir.path().join("workflows/refund.toml"), refund)
+            .expect("write the definitions");
+        for (name, source) in extra {
+            let source = source.replace("{base_url}", &base_url);
+            std::fs::write(dir.path().join("workflows").join(name), source)
+                .expect("write the definitions");
+        }
+
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let signer = Signer::new("test-secret", PUBLIC_URL, Duration::from_secs(300));
+        let engine = engine(&store, &dir.path().join("workflows"), &clock, &signer).await;
+        Self {
+            dir,
+            store,
+            engine,
+            clock,
+            signer,
+            payments,
+            server,
+        }
+    }
+
+    fn definitions(&self) -> PathBuf {
+        self.dir.path().join("workflows")
+    }
+
+    /// Stops the engine and starts another on the same store, with the
+    /// definitions loaded afresh: what a server restart does.
+    async fn restart(&mut self) {
+        self.engine.shutdown().await;
+        self.engine = engine(&self.store, &self.definitions(), &self.clock, &self.signer).await;
+    }
+
+    async fn thread(&self) -> ThreadId {
+        let new = NewThread {
+            customer_id: "cust-1".into(),
+            title: None,
+            metadata: json!({}),
+        };
+        self.store
+            .create_thread(new, None)
+            .await
+            .expect("create")
+            .value
+            .id
+    }
+
+    async fn start_refund(&self, thread: ThreadId) -> RunId {
+        let args = json!({"thread_id": thread, "order_id": "A-1042", "amount": "49.90"});
+        self.engine
+            .start_run("refund", args, None)
+            .await
+            .expect("start the run")
+            .value
+            .id
+    }
+
+    async fn state(&self, run: RunId) -> RunState {
+        self.engine
+            .state(run)
+            .await
+            .expect("store")
+            .expect("the run exists")
+    }
+
+    /// Polls the run until `done` holds of it.
+    async fn until(&self, run: RunId, what: &str, done: impl Fn(&RunState) -> bool) -> RunState {
+        eventually(what, || async {
+            let state = self.state(run).await;
+            done(&state).then_some(state)
+        })
+        .await
+    }
+
+    async fn until_waiting_for_decision(&self, run: RunId) -> RunState {
+        self.until(run, "the run to wait for the decision", |s| {
+            s.run.status == RunStatus::Waiting
+                && s.run.waiting_for.as_deref() == Some("manager_decision")
+        })
+        .await
+    }
+
+    async fn until_finished(&self, run: RunId) -> RunState {
+        self.until(run, "the run to finish", |s| s.run.status.is_finished())
+            .await
+    }
+
+    async fn decide(&self, run: RunId, decision: Value) {
+        self.engine
+            .deliver_event(run, "manager_decision", decision, EventSource::Api, None)
+            .await
+            .expect("deliver the decision");
+    }
+
+    async fn messages(&self, thread: ThreadId) -> Vec<Message> {
+        let filter = MessageFilter {
+            after_seq: 0,
+            limit: 100,
+            customer_view: false,
+        };
+        self.store
+            .list_messages(thread, &filter)
+            .await
+            .expect("store")
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.payments.received.lock().expect("not poisoned").clone()
+    }
+}
+
+async fn engine(store: &Store, dir: &Path, clock: &Arc<ManualClock>, signer: &Signer) -> Engine {
+    let mut registry = Registry::new();
+    load_definitions(store, dir, &mut registry)
+        .await
+        .expect("store");
+    let engine = Engine::new(
+        store.clone(),
+        registry,
+        &EngineConfig::default(),
+        clock.clone(),
+        Arc::new(Silent),
+        signer.clone(),
+    );
+    engine.start().await.expect("start the engine");
+    engine
+}
+
+/// Polls `check` every 10 ms until it returns a value, for at most 10 s.
+async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn text(message: &Message) -> &str {
+    match &message.content {
+        Content::Text(text) => text,
+        Content::Parts(_) => "",
+    }
+}
+
+/// The journal as `(kind, name, status, attempts)`.
+fn journal(state: &RunState) -> Vec<(String, String, StepStatus, i64)> {
+    state
+        .journal
+        .iter()
+        .map(|e| (e.kind.clone(), e.name.clone(), e.status, e.attempts))
+        .collect()
+}
+
+fn step(
+    kind: &str,
+    name: &str,
+    status: StepStatus,
+    attempts: i64,
+) -> (String, String, StepStatus, i64) {
+    (kind.into(), name.into(), status, attempts)
+}
+
+#[tokio::test]
+async fn approval_by_event_tells_the_customer_and_the_request_is_signed() {
+    let mut h = Harness::start(&[], &[]).await;
+    let thread = h.thread().await;
+    let run = h.start_refund(thread).await;
+    let state = h.until_waiting_for_decision(run).await;
+    assert_eq!(
+        journal(&state),
+        [
+            step("resume_url", "manager_decision", StepStatus::Completed, 1),
+            step("run", "request_refund", StepStatus::Completed, 1),
+            step("post_message", "acknowledge", StepStatus::Completed, 1),
+            step("wait_event", "manager_decision", StepStatus::Pending, 1),
+        ]
+    );
+    assert_eq!(
+        state.journal[1].output,
+        Some(json!({"status": 201, "body": {"reference": "R-7"}}))
+    );
+
+    // The request: signed, with the step's idempotency key and the run id,
+    // and a body carrying the resume URL of the wait step.
+    let received = h.received();
+    assert_eq!(received.len(), 1);
+    let request = &received[0];
+    assert_eq!(request.header("idempotency-key"), format!("{run}:1"));
+    assert_eq!(request.header("tandem-run-id"), run.to_string());
+    assert_eq!(request.header("content-type"), "application/json");
+    let timestamp: i64 = request.header("tandem-timestamp").parse().unwrap();
+    assert!((Utc::now().timestamp() - timestamp).abs() < 60);
+    assert_eq!(
+        request.header("tandem-signature"),
+        h.signer.outbound_signature(timestamp, &request.body)
+    );
+    let other = Signer::new("other-secret", PUBLIC_URL, Duration::from_secs(300));
+    assert_ne!(
+        request.header("tandem-signature"),
+        other.outbound_signature(timestamp, &request.body)
+    );
+    let body = request.json();
+    assert_eq!(body["order_id"], "A-1042");
+    assert_eq!(body["amount"], "49.90");
+    assert_eq!(body["thread_id"], thread.to_string());
+    assert_eq!(body["tandem_run_id"], run.to_string());
+    let decision_url = body["decision_url"].as_str().unwrap();
+    let prefix = format!("{PUBLIC_URL}/v1/hooks/workflows/{run}/events/manager_decision?");
+    assert!(decision_url.starts_with(&prefix), "{decision_url}");
+    let query: Vec<(&str, &str)> = decision_url[prefix.len()..]
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .collect();
+    let get = |key: &str| {
+        query
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+            .unwrap()
+    };
+    let expires: i64 = get("expires").parse().unwrap();
+    assert_eq!(expires, h.clock.now().timestamp() + 259_200);
+    let now = h.clock.now();
+    let resume_step: i64 = get("step").parse().unwrap();
+    assert_eq!(resume_step, 0, "minted by the journal's first step");
+    h.signer
+        .verify_resume(
+            run,
+            "manager_decision",
+            resume_step,
+            expires,
+            get("sig"),
+            now,
+        )
+        .unwrap();
+
+    let messages = h.messages(thread).await;
+    assert_eq!(messages.len(), 1);
+    assert!(
+        text(&messages[0]).contains("(reference R-7)"),
+        "{}",
+        text(&messages[0])
+    );
+
+    // A restart between the request and the decision: the run replays its
+    // journal on the new engine and does not call the payments system again.
+    h.restart().await;
+    h.decide(run, json!({"approved": true})).await;
+    let state = h.until_finished(run).await;
+    assert_eq!(
+        state.run.status,
+        RunStatus::Completed,
+        "{:?}",
+        state.run.error
+    );
+    assert_eq!(
+        state.run.result,
+        Some(json!({"reference": "R-7", "run": run.to_string()}))
+    );
+    assert_eq!(
+        h.received().len(),
+        1,
+        "the request is not sent again on replay"
+    );
+
+    let messages = h.messages(thread).await;
+    assert_eq!(messages.len(), 2);
+    let approved = &messages[1];
+    assert!(text(approved).starts_with("Good news: your refund of 49.90 for order A-1042"));
+    assert_eq!(approved.agent_name.as_deref(), Some("Refunds"));
+    assert_eq!(approved.author.kind, AuthorKind::Ai);
+    assert_eq!(approved.author.id.as_deref(), Some("Refunds"));
+    assert_eq!(approved.visibility, Visibility::Public);
+    assert_eq!(approved.metadata["provider"], "workflow");
+    assert_eq!(
+        approved.metadata["providerMetadata"]["workflow"]["step"],
+        "approved"
+    );
+    let thread = h.store.get_thread(thread, None).await.unwrap().unwrap();
+    assert_eq!(thread.assigned_to, AssignedTo::Unassigned);
+}
+
+#[tokio::test]
+async fn rejection_leaves_an_internal_note_and_hands_over_to_billing() {
+    let h = Harness::start(&[], &[]).await;
+    let thread = h.thread().await;
+    let run = h.start_refund(thread).await;
+    h.until_waiting_for_decision(run).await;
+    h.decide(
+        run,
+        json!({"approved": false, "reason": "outside the return window"}),
+    )
+    .await;
+    let state = h.until_finished(run).await;
+    assert_eq!(
+        state.run.status,
+        RunStatus::Completed,
+        "{:?}",
+        state.run.error
+    );
+    let names: Vec<&str> = state.journal.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "manager_decision",
+            "request_refund",
+            "acknowledge",
+            "manager_decision",
+            "rejected",
+            "hand_over"
+        ]
+    );
+
+    let messages = h.messages(thread).await;
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[1].visibility, Visibility::Internal);
+    assert_eq!(
+        text(&messages[1]),
+        "Refund for order A-1042 rejected by the manager: outside the return window"
+    );
+    let thread = h.store.get_thread(thread, None).await.unwrap().unwrap();
+    assert_eq!(thread.assigned_to, AssignedTo::Human);
+}
+
+#[tokio::test]
+async fn no_decision_before_the_deadline_hands_over_to_billing() {
+    let h = Harness::start(&[], &[]).await;
+    let thread = h.thread().await;
+    let run = h.start_refund(thread).await;
+    h.until_waiting_for_decision(run).await;
+
+    h.clock.advance(Duration::from_secs(172_800 + 1));
+    h.engine.wake();
+    let state = h.until_finished(run).await;
+    assert_eq!(
+        state.run.status,
+        RunStatus::Completed,
+        "{:?}",
+        state.run.error
+    );
+    assert_eq!(
+        journal(&state)[3..],
+        [
+            step("wait_event", "manager_decision", StepStatus::Completed, 1),
+            step("assign", "no_decision", StepStatus::Completed, 1),
+        ]
+    );
+    assert_eq!(state.journal[3].output, Some(json!({"timeout": true})));
+    assert_eq!(
+        h.messages(thread).await.len(),
+        1,
+        "only the acknowledgement"
+    );
+    let thread = h.store.get_thread(thread, None).await.unwrap().unwrap();
+    assert_eq!(thread.assigned_to, AssignedTo::Human);
+}
+
+#[tokio::test]
+async fn a_503_is_retried_with_the_same_idempotency_key() {
+    let h = Harness::start(&[503], &[]).await;
+    let thread = h.thread().await;
+    let run = h.start_refund(thread).await;
+    let state = h
+        .until(run, "the request to wait for its retry", |s| {
+            s.journal
+                .get(1)
+                .is_some_and(|e| e.status == StepStatus::Retrying)
+                && s.run.status == RunStatus::Waiting
+        })
+        .await;
+    let error = state.journal[1].error.clone().unwrap();
+    assert_eq!(error["retryable"], true);
+    assert!(
+        error["message"].as_str().unwrap().contains("answered 503"),
+        "{error}"
+    );
+    assert_eq!(h.received().len(), 1);
+
+    // The backoff is a durable timer on the workflow clock.
+    h.clock.advance(Duration::from_secs(3));
+    h.engine.wake();
+    let state = h.until_waiting_for_decision(run).await;
+    assert_eq!(
+        journal(&state)[1],
+        step("run", "request_refund", StepStatus::Completed, 2)
+    );
+    let received = h.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(
+        received[0].header("idempotency-key"),
+        received[1].header("idempotency-key")
+    );
+    assert_eq!(
+        received[0].body, received[1].body,
+        "the same request each attempt"
+    );
+}
+
+#[tokio::test]
+async fn a_400_fails_the_run_without_retrying() {
+    let h = Harness::start(&[400], &[]).await;
+    let thread = h.thread().await;
+    let run = h.start_refund(thread).await;
+    let state = h.until_finished(run).await;
+    assert_eq!(state.run.status, RunStatus::Failed);
+    let error = state.run.error.clone().unwrap();
+    assert_eq!(error["code"], "step_failed");
+    assert_eq!(error["step"], "request_refund");
+    assert_eq!(error["retryable"], false);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("answered 400: not now"),
+        "{error}"
+    );
+    assert_eq!(
+        journal(&state)[1..],
+        [step("run", "request_refund", StepStatus::Failed, 1)]
+    );
+    assert_eq!(h.received().len(), 1);
+    assert!(h.messages(thread).await.is_empty());
+}
+
+#[tokio::test]
+async fn arguments_are_checked_when_the_run_starts() {
+    let h = Harness::start(&[], &[]).await;
+    let error = h
+        .engine
+        .start_run("refund", json!({"order_id": "A-1"}), None)
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("missing required arguments: thread_id, amount"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_loop_that_never_ends_fails_the_run() {
+    // Two steps a turn: the bound stops it after 500 requests.
+    const SPIN: &str = r#"
+name = "spin"
+[[steps]]
+id = "tick"
+kind = "http"
+url = "{base_url}/v1/refund-requests"
+retry = { max_attempts = 1 }
+[[steps]]
+id = "again"
+kind = "branch"
+on = "steps.tick.status"
+default = "tick"
+"#;
+    let h = Harness::start(&[], &[("spin.toml", SPIN)]).await;
+    let run = h
+        .engine
+        .start_run("spin", json!({}), None)
+        .await
+        .unwrap()
+        .value
+        .id;
+    let state = h.until_finished(run).await;
+    assert_eq!(state.run.status, RunStatus::Failed);
+    let error = state.run.error.clone().unwrap();
+    assert_eq!(error["code"], "workflow_failed");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("after executing {MAX_EXECUTED_STEPS} steps")),
+        "{message}"
+    );
+    assert!(message.contains("step \"tick\""), "{message}");
+    assert_eq!(h.received().len(), MAX_EXECUTED_STEPS / 2);
+    assert_eq!(state.journal.len(), MAX_EXECUTED_STEPS / 2);
+}
+
+/// A loop back to a step that hands out a resume URL gets a fresh one each
+/// turn (the last one was used); within a turn, one URL serves every use.
+#[tokio::test]
+async fn each_turn_of_a_loop_gets_a_fresh_resume_url() {
+    const ASK: &str = r#"
+name = "ask"
+[[steps]]
+id = "ask"
+kind = "http"
+url = "{base_url}/v1/refund-requests"
+body = { url = "{{resume_url.answer}}", same = "{{resume_url.answer}}" }
+[[steps]]
+id = "answer"
+kind = "wait_event"
+event = "answer"
+[[steps]]
+id = "done"
+kind = "branch"
+on = "steps.answer.event.done"
+cases = { false = "ask" }
+"#;
+    let h = Harness::start(&[], &[("ask.toml", ASK)]).await;
+    let run = h
+        .engine
+        .start_run("ask", json!({}), None)
+        .await
+        .unwrap()
+        .value
+        .id;
+    let waiting_after = |turns: usize| {
+        move |s: &RunState| s.run.status == RunStatus::Waiting && s.journal.len() == 3 * turns
+    };
+    h.until(run, "the first question", waiting_after(1)).await;
+    h.engine
+        .deliver_event(
+            run,
+            "answer",
+            json!({"done": false}),
+            EventSource::Api,
+            None,
+        )
+        .await
+        .unwrap();
+    let state = h.until(run, "the second question", waiting_after(2)).await;
+    let kinds: Vec<&str> = state.journal.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "resume_url",
+            "run",
+            "wait_event",
+            "resume_url",
+            "run",
+            "wait_event"
+        ]
+    );
+    h.engine
+        .deliver_event(run, "answer", json!({"done": true}), EventSource::Api, None)
+        .await
+        .unwrap();
+    let state = h.until_finished(run).await;
+    assert_eq!(
+        state.run.status,
+        RunStatus::Completed,
+        "{:?}",
+        state.run.error
+    );
+    assert_eq!(
+        state.run.result,
+        Some(json!({"value": true, "target": null}))
+    );
+
+    let bodies: Vec<Value> = h.received().iter().map(Received::json).collect();
+    assert_eq!(bodies.len(), 2);
+    for body in &bodies {
+        assert_eq!(body["url"], body["same"]);
+    }
+    assert_ne!(bodies[0]["url"], bodies[1]["url"]);
+    assert!(
+        bodies[1]["url"].as_str().unwrap().contains("step=3&"),
+        "{}",
+        bodies[1]["url"]
+    );
+}
+
+/// A run started on one version of a file finishes on that version after
+/// the file changed; new runs start on the new one.
+#[tokio::test]
+async fn runs_stay_on_the_version_they_started_on() {
+    let v1 = r#"
+name = "greet"
+[args]
+required = ["thread_id"]
+[[steps]]
+id = "go"
+kind = "wait_event"
+event = "go"
+[[steps]]
+id = "say"
+kind = "post_message"
+thread_id = "{{args.thread_id}}"
+agent_name = "Greeter"
+text = "hello from v1"
+"#;
+    let mut h = Harness::start(&[], &[("greet.toml", v1)]).await;
+    let thread = h.thread().await;
+    let old = h
+        .engine
+        .start_run("greet", json!({"thread_id": thread}), None)
+        .await
+        .unwrap()
+        .value;
+    h.until(old.id, "the v1 run to wait", |s| {
+        s.run.status == RunStatus::Waiting
+    })
+    .await;
+
+    std::fs::write(
+        h.definitions().join("greet.toml"),
+        v1.replace("from v1", "from v2"),
+    )
+    .unwrap();
+    h.restart().await;
+    let (name, versions): (&str, Vec<String>) = h
+        .engine
+        .registry()
+        .executable()
+        .find(|(name, _)| *name == "greet")
+        .unwrap();
+    assert_eq!(name, "greet");
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    let current = h
+        .engine
+        .registry()
+        .current("greet")
+        .unwrap()
+        .version()
+        .to_owned();
+    assert_ne!(current, old.version);
+
+    let new = h
+        .engine
+        .start_run("greet", json!({"thread_id": thread}), None)
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(new.version, current);
+    for run in [old.id, new.id] {
+        h.engine
+            .deliver_event(run, "go", json!({}), EventSource::Api, None)
+            .await
+            .unwrap();
+        let state = h.until_finished(run).await;
+        assert_eq!(
+            state.run.status,
+            RunStatus::Completed,
+            "{:?}",
+            state.run.error
+        );
+    }
+    let texts: Vec<String> = h
+        .messages(thread)
+        .await
+        .iter()
+        .map(|m| text(m).to_owned())
+        .collect();
+    assert_eq!(texts, ["hello from v1", "hello from v2"]);
+
+    // The stored sources are the canonical JSON, one per version.
+    let stored: Vec<(String, String, String)> = h
+        .store
+        .definitions()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(name, _, _)| name == "greet")
+        .collect();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].1, old.version);
+    assert!(stored[0].2.contains("hello from v1"));
+}
+
+#[tokio::test]
+async fn loading_fails_with_every_problem_of_every_file() {
+    let h = Harness::start(&[], &[]).await;
+    let dir = h.dir.path().join("broken");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("a.toml"), "name = \"a\"\nsteps = []\n").unwrap();
+    std::fs::write(
+        dir.join("b.json"),
+        r#"{"name": "b", "steps": [{"id": "x", "kind": "sleep", "seconds": 1, "next": "y"}]}"#,
+    )
+    .unwrap();
+    let same = "name = \"c\"\n[[steps]]\nid = \"s\"\nkind = \"sleep\"\nseconds = 1\n";
+    std::fs::write(dir.join("c1.toml"), same).unwrap();
+    std::fs::write(dir.join("c2.toml"), same).unwrap();
+    std::fs::write(dir.join("notes.md"), "not a definition").unwrap();
+
+    let mut registry = Registry::new();
+    let error = load_definitions(&h.store, &dir, &mut registry)
+        .await
+        .unwrap_err();
+    let DefinitionError::Invalid(problems) = &error else {
+        panic!("{error}");
+    };
+    let text = error.to_string();
+    assert_eq!(problems.len(), 3, "{text}");
+    assert!(
+        text.contains("a.toml: field `steps`: a workflow needs at least one step"),
+        "{text}"
+    );
+    assert!(
+        text.contains("b.json: step \"x\": field `next`: jumps to unknown step \"y\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("c2.toml: field `name`: workflow \"c\" is also defined in"),
+        "{text}"
+    );
+    assert_eq!(registry.names().count(), 0, "nothing is registered");
+
+    let missing = load_definitions(&h.store, &dir.join("nope"), &mut registry).await;
+    assert!(matches!(missing, Err(DefinitionError::ReadDir { .. })));
+
+    // The good ones load, and loading them twice saves each version once.
+    std::fs::remove_file(dir.join("a.toml")).unwrap();
+    std::fs::remove_file(dir.join("b.json")).unwrap();
+    std::fs::remove_file(dir.join("c2.toml")).unwrap();
+    let loaded = load_definitions(&h.store, &dir, &mut Registry::new())
+        .await
+        .unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!((loaded[0].name.as_str(), loaded[0].steps), ("c", 1));
+    assert_eq!(loaded[0].path, dir.join("c1.toml"));
+    load_definitions(&h.store, &dir, &mut Registry::new())
+        .await
+        .unwrap();
+    let stored = h.store.definitions().await.unwrap();
+    assert_eq!(stored.iter().filter(|(name, _, _)| name == "c").count(), 1);
+}
