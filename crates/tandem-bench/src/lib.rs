@@ -4,13 +4,17 @@
 //!   process's resident memory, read from Linux's `/proc`, so that every
 //!   figure is printed next to what the machine was doing.
 //!
+//! - [`server`]: the real server in the benchmark's process, on a fresh
+//!   SQLite file or PostgreSQL schema.
 //! - [`create_threads`], [`create_schema`], [`drop_schema`]: the setup every
 //!   benchmark shares.
 //!
 //! The benchmarks themselves are binaries: `post-messages`
-//! (`src/post_messages.rs`) and `ws-fanout` (`src/ws_fanout.rs`).
+//! (`src/post_messages.rs`), `ws-fanout` (`src/ws_fanout.rs`) and
+//! `workflow-cycles` (`src/workflow_cycles.rs`).
 
 pub mod procfs;
+pub mod server;
 
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};

@@ -37,25 +37,21 @@
 //! target/release/post-messages --url http://127.0.0.1:8080 --token tdm_…
 //! ```
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 use tandem_bench::procfs::{CpuSample, CpuUse};
-use tandem_server::config::Quota;
-use tandem_server::{AppState, Config};
-use tandem_store::{Store, Synchronous, TokenSubject};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tandem_bench::server::{InProcessServer, StoreArgs};
+use tandem_server::AppState;
 
 /// The text every benchmark message carries (about the size of a chat line).
 const MESSAGE_TEXT: &str = "Hello! I ordered a blue jacket last week and it has not arrived yet. \
@@ -67,13 +63,8 @@ const MESSAGE_TEXT: &str = "Hello! I ordered a blue jacket last week and it has 
     about = "Messages posted over HTTP by concurrent keep-alive clients: throughput and latency"
 )]
 struct Args {
-    /// The store the in-process server runs on.
-    #[arg(long, value_enum, default_value_t = Backend::Sqlite)]
-    backend: Backend,
-    /// PostgreSQL to use with `--backend postgres`; the benchmark works in a
-    /// fresh schema that it drops at the end.
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
-    database_url: String,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Concurrent clients, each with its own keep-alive connection.
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -86,16 +77,6 @@ struct Args {
     /// How long to post before measuring.
     #[arg(long, default_value_t = 2)]
     warmup_secs: u64,
-    /// SQLite only: how commits are made durable.
-    #[arg(long, value_enum, default_value_t = SqliteSync::Full)]
-    sqlite_synchronous: SqliteSync,
-    /// SQLite only: where the database file goes (a fresh temporary directory
-    /// is made inside it). The system temporary directory when absent.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Database connections of the in-process server (its default when absent).
-    #[arg(long)]
-    db_connections: Option<u32>,
     /// Base URL of an already running server to load instead of the
     /// in-process one (e.g. `http://127.0.0.1:8080`). Needs `--token`.
     #[arg(long, requires = "token")]
@@ -103,18 +84,6 @@ struct Args {
     /// An admin token of the server given with `--url` (unused without it).
     #[arg(long, env = "TANDEM_BENCH_TOKEN", hide_env_values = true)]
     token: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum SqliteSync {
-    Full,
-    Normal,
 }
 
 #[tokio::main]
@@ -146,8 +115,19 @@ async fn run(args: Args) -> Result<bool> {
             (target, None)
         }
         _ => {
-            let server = InProcessServer::start(&args).await?;
-            (server.target.clone(), Some(server))
+            let server = InProcessServer::start(
+                &args.store,
+                "post-messages",
+                |_| {},
+                |store, config| async move { Ok(AppState::new(store, config)) },
+            )
+            .await?;
+            let target = Target {
+                base_url: server.base_url.clone(),
+                token: server.token.clone(),
+                label: server.label.clone(),
+            };
+            (target, Some(server))
         }
     };
 
@@ -170,138 +150,6 @@ struct Target {
     token: String,
     /// What the result block names as the backend.
     label: String,
-}
-
-/// The real server, running in this process until [`InProcessServer::stop`].
-struct InProcessServer {
-    target: Target,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<()>>,
-    /// Removed (with the SQLite file) on drop.
-    _data_dir: Option<tempfile::TempDir>,
-    /// The PostgreSQL schema to drop at the end: (database URL, schema).
-    pg_schema: Option<(String, String)>,
-}
-
-impl InProcessServer {
-    async fn start(args: &Args) -> Result<Self> {
-        let mut config = Config::default();
-        // The limiter stays in the path, with a quota no benchmark reaches.
-        config.rate_limits.admin = Quota {
-            per_second: 100_000_000,
-            burst: 100_000_000,
-        };
-        if let Some(connections) = args.db_connections {
-            config.database.max_connections = connections;
-        }
-        let mut data_dir = None;
-        let mut pg_schema = None;
-        let label = match args.backend {
-            Backend::Sqlite => {
-                let dir = match &args.data_dir {
-                    Some(parent) => tempfile::Builder::new()
-                        .prefix("tandem-bench-")
-                        .tempdir_in(parent),
-                    None => tempfile::Builder::new().prefix("tandem-bench-").tempdir(),
-                }
-                .context("creating a temporary directory for the SQLite database")?;
-                let file = dir.path().join("bench.db");
-                config.database.url = format!("sqlite://{}", file.display());
-                config.database.synchronous = match args.sqlite_synchronous {
-                    SqliteSync::Full => Synchronous::Full,
-                    SqliteSync::Normal => Synchronous::Normal,
-                };
-                data_dir = Some(dir);
-                format!(
-                    "sqlite (synchronous={}, file {})",
-                    match args.sqlite_synchronous {
-                        SqliteSync::Full => "full",
-                        SqliteSync::Normal => "normal",
-                    },
-                    file.display()
-                )
-            }
-            Backend::Postgres => {
-                let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
-                tandem_bench::create_schema(&args.database_url, &schema).await?;
-                config.database.url = args.database_url.clone();
-                config.database.schema = Some(schema.clone());
-                pg_schema = Some((args.database_url.clone(), schema.clone()));
-                format!(
-                    "postgres ({}, schema {schema})",
-                    tandem_store::backend::redact_url(&args.database_url)
-                )
-            }
-        };
-
-        let started = Self::serve(config).await;
-        let (base_url, token, shutdown, task) = match started {
-            Ok(parts) => parts,
-            Err(e) => {
-                if let Some((url, schema)) = &pg_schema {
-                    // Best effort: the error being reported is the one above.
-                    let _ = tandem_bench::drop_schema(url, schema).await;
-                }
-                return Err(e);
-            }
-        };
-        Ok(Self {
-            target: Target {
-                base_url,
-                token,
-                label,
-            },
-            shutdown,
-            task,
-            _data_dir: data_dir,
-            pg_schema,
-        })
-    }
-
-    /// Opens and migrates the store, mints an admin token and serves on an
-    /// ephemeral port. Returns the base URL, the token, the shutdown trigger
-    /// and the server task.
-    async fn serve(
-        config: Config,
-    ) -> Result<(
-        String,
-        String,
-        oneshot::Sender<()>,
-        JoinHandle<std::io::Result<()>>,
-    )> {
-        let store = Store::connect(&config.database)
-            .await
-            .context("connecting the store")?;
-        store.migrate().await.context("migrating the store")?;
-        let minted = store
-            .create_token(TokenSubject::Admin, Some("post-messages benchmark".into()))
-            .await
-            .context("minting an admin token")?;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .context("binding 127.0.0.1:0")?;
-        let addr = listener.local_addr().context("reading the bound address")?;
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let state = AppState::new(store, config);
-        let task = tokio::spawn(tandem_server::serve(listener, state, async move {
-            // A dropped sender stops the server too.
-            let _ = stop.await;
-        }));
-        Ok((format!("http://{addr}"), minted.secret, shutdown, task))
-    }
-
-    /// Stops the server (letting requests in flight finish and closing the
-    /// store), then drops the PostgreSQL schema or the SQLite directory.
-    async fn stop(self) -> Result<()> {
-        let _ = self.shutdown.send(());
-        let served = self.task.await.context("the server task panicked");
-        let dropped = match &self.pg_schema {
-            Some((url, schema)) => tandem_bench::drop_schema(url, schema).await,
-            None => Ok(()),
-        };
-        served?.context("serving")?;
-        dropped
-    }
 }
 
 /// An HTTP/1.1 client that keeps (at most) one connection open.

@@ -32,26 +32,22 @@
 //!     --database-url postgres://postgres@127.0.0.1:5432/test
 //! ```
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use chrono::{DateTime, Utc};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 use tandem_bench::procfs::{CpuSample, CpuUse};
-use tandem_server::config::Quota;
-use tandem_server::{AppState, Config};
-use tandem_store::{Store, Synchronous, TokenSubject};
+use tandem_bench::server::{InProcessServer, StoreArgs};
+use tandem_server::AppState;
 use tandem_workflows::{Registry, SystemClock, Wakeup, WorkflowDef};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -64,12 +60,8 @@ const WORKFLOW: &str = "approval_cycle";
     about = "Human-in-the-loop workflow cycles over HTTP: throughput and event-to-completion latency"
 )]
 struct Args {
-    #[arg(long, value_enum, default_value_t = Backend::Sqlite)]
-    backend: Backend,
-    /// PostgreSQL for `--backend postgres`; the benchmark works in a fresh
-    /// schema it drops at the end.
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
-    database_url: String,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Concurrent clients, each with a keep-alive HTTP connection and a
     /// WebSocket.
     #[arg(long, default_value_t = 64)]
@@ -78,27 +70,9 @@ struct Args {
     duration_secs: u64,
     #[arg(long, default_value_t = 2)]
     warmup_secs: u64,
-    /// SQLite only: how commits are made durable.
-    #[arg(long, value_enum, default_value_t = SqliteSync::Full)]
-    sqlite_synchronous: SqliteSync,
-    /// SQLite only: where the database file goes.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
     /// Runs of the workflow executing at once on the server.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum SqliteSync {
-    Full,
-    Normal,
 }
 
 #[tokio::main]
@@ -144,114 +118,30 @@ fn registry() -> Registry {
 async fn run(args: Args) -> Result<bool> {
     ensure!(args.clients > 0, "--clients must be at least 1");
     ensure!(args.duration_secs > 0, "--duration-secs must be at least 1");
-    let server = InProcessServer::start(&args).await?;
+    let concurrency = args.concurrency;
+    let server = InProcessServer::start(
+        &args.store,
+        "workflow-cycles",
+        |config| {
+            // Each client subscribes and unsubscribes once per cycle, far
+            // above the hub's per-connection frame limit for browsers.
+            config.hub.frames_per_second = 1_000_000;
+            config.hub.frames_burst = 1_000_000;
+            config.workflows.engine.default_concurrency = concurrency;
+        },
+        |store, config| async move {
+            AppState::build(store, config, registry(), Arc::new(SystemClock))
+                .await
+                .context("building the server")
+        },
+    )
+    .await?;
     let outcome = load(&args, &server).await;
     let stopped = server.stop().await;
     let report = outcome?;
     report.print(&args);
     stopped?;
     Ok(report.passed())
-}
-
-struct InProcessServer {
-    base_url: String,
-    token: String,
-    label: String,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<()>>,
-    _data_dir: Option<tempfile::TempDir>,
-    pg_schema: Option<(String, String)>,
-}
-
-impl InProcessServer {
-    async fn start(args: &Args) -> Result<Self> {
-        let mut config = Config::default();
-        config.rate_limits.admin = Quota {
-            per_second: 100_000_000,
-            burst: 100_000_000,
-        };
-        // Each client subscribes and unsubscribes once per cycle, far above
-        // the hub's per-connection frame limit for browsers.
-        config.hub.frames_per_second = 1_000_000;
-        config.hub.frames_burst = 1_000_000;
-        config.workflows.engine.default_concurrency = args.concurrency;
-        let (mut data_dir, mut pg_schema) = (None, None);
-        let label = match args.backend {
-            Backend::Sqlite => {
-                let dir = match &args.data_dir {
-                    Some(parent) => tempfile::Builder::new()
-                        .prefix("tandem-bench-")
-                        .tempdir_in(parent),
-                    None => tempfile::Builder::new().prefix("tandem-bench-").tempdir(),
-                }
-                .context("creating a temporary directory")?;
-                let file = dir.path().join("bench.db");
-                config.database.url = format!("sqlite://{}", file.display());
-                config.database.synchronous = match args.sqlite_synchronous {
-                    SqliteSync::Full => Synchronous::Full,
-                    SqliteSync::Normal => Synchronous::Normal,
-                };
-                data_dir = Some(dir);
-                format!(
-                    "sqlite (synchronous={:?}, file {})",
-                    args.sqlite_synchronous,
-                    file.display()
-                )
-                .to_lowercase()
-            }
-            Backend::Postgres => {
-                let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
-                tandem_bench::create_schema(&args.database_url, &schema).await?;
-                config.database.url = args.database_url.clone();
-                config.database.schema = Some(schema.clone());
-                pg_schema = Some((args.database_url.clone(), schema.clone()));
-                format!(
-                    "postgres ({}, schema {schema})",
-                    tandem_store::backend::redact_url(&args.database_url)
-                )
-            }
-        };
-        let store = Store::connect(&config.database)
-            .await
-            .context("connecting the store")?;
-        store.migrate().await.context("migrating the store")?;
-        let minted = store
-            .create_token(
-                TokenSubject::Admin,
-                Some("workflow-cycles benchmark".into()),
-            )
-            .await
-            .context("minting an admin token")?;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
-        let state = AppState::build(store, config, registry(), Arc::new(SystemClock))
-            .await
-            .context("building the server")?;
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(tandem_server::serve(listener, state, async move {
-            let _ = stop.await;
-        }));
-        Ok(Self {
-            base_url: format!("http://{addr}"),
-            token: minted.secret,
-            label,
-            shutdown,
-            task,
-            _data_dir: data_dir,
-            pg_schema,
-        })
-    }
-
-    async fn stop(self) -> Result<()> {
-        let _ = self.shutdown.send(());
-        let served = self.task.await.context("the server task panicked");
-        let dropped = match &self.pg_schema {
-            Some((url, schema)) => tandem_bench::drop_schema(url, schema).await,
-            None => Ok(()),
-        };
-        served?.context("serving")?;
-        dropped
-    }
 }
 
 fn bearer(token: &str) -> Result<HeaderValue> {
