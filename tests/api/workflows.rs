@@ -139,6 +139,21 @@ async fn a_run_waits_for_its_event_then_completes_with_its_journal() {
         .send_event(&id, "shipped", Value::Null)
         .await
         .assert_error(StatusCode::CONFLICT, "run_finished");
+
+    // Its end is counted once, under its workflow and status.
+    let metrics = server
+        .call(reqwest::Method::GET, "/metrics", None, None)
+        .await;
+    let text = metrics.text;
+    let finished: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("tandem_workflow_runs_finished_total{"))
+        .collect();
+    assert_eq!(
+        finished,
+        [r#"tandem_workflow_runs_finished_total{workflow="fulfil",status="completed"} 1"#],
+        "{text}"
+    );
     server.stop().await;
 }
 

@@ -70,6 +70,11 @@ pub async fn load_declarative(
 /// Pushes the engine's changes to the hub's subscribers.
 impl Notifier for Hub {
     fn run_changed(&self, run: &WorkflowRun) {
+        // The engine reports a run's end once, from the process that ended
+        // it (the commit of its last step, or the cancel).
+        if run.status.is_finished() {
+            self.metrics().run_finished(&run.name, run.status.as_str());
+        }
         self.publish_workflow(run);
     }
 

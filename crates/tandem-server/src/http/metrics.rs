@@ -1,5 +1,6 @@
 //! Prometheus metrics: requests by route and status, latency histograms,
-//! database pool occupancy and rate-limit refusals. The registry lives in the
+//! database pool occupancy, rate-limit refusals, WebSocket connections and
+//! workflow runs that ended. The registry lives in the
 //! app state, not in a global, so several servers can share a process.
 
 use std::time::Instant;
@@ -47,6 +48,13 @@ pub struct Metrics {
     pool: Family<PoolLabels, Gauge>,
     ws_connections: Gauge,
     ws_closed: Family<ReasonLabels, Counter>,
+    runs_finished: Family<RunLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    workflow: String,
+    status: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,8 +111,16 @@ impl Metrics {
             "WebSocket connections the server closed, by reason",
             ws_closed.clone(),
         );
+        let runs_finished = Family::<RunLabels, Counter>::default();
+        registry.register(
+            "workflow_runs_finished",
+            "Workflow runs that ended on this process, by workflow and status \
+             (completed, failed, cancelled)",
+            runs_finished.clone(),
+        );
         Self {
             registry,
+            runs_finished,
             requests,
             latency,
             rate_limited,
@@ -126,6 +142,16 @@ impl Metrics {
     /// `too_big`, `shutdown`.
     pub fn ws_closed(&self, reason: &'static str) {
         self.ws_closed.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// A run ended (`completed`, `failed` or `cancelled`) by this process.
+    pub fn run_finished(&self, workflow: &str, status: &'static str) {
+        self.runs_finished
+            .get_or_create(&RunLabels {
+                workflow: workflow.to_owned(),
+                status,
+            })
+            .inc();
     }
 
     pub fn rate_limited(&self, kind: &str) {
