@@ -285,10 +285,19 @@ impl<T: JsonSchema> OperationOutput for Created<T> {
         ctx: &mut GenContext,
         operation: &mut Operation,
     ) -> Vec<(Option<u16>, DocResponse)> {
-        Self::operation_response(ctx, operation)
-            .map(|response| vec![(Some(201), response)])
-            .unwrap_or_default()
+        json_with_status::<T>(ctx, operation, 201)
     }
+}
+
+/// The OpenAPI answer of a JSON body `T` under a status other than 200.
+fn json_with_status<T: JsonSchema>(
+    ctx: &mut GenContext,
+    operation: &mut Operation,
+    status: u16,
+) -> Vec<(Option<u16>, DocResponse)> {
+    Json::<T>::operation_response(ctx, operation)
+        .map(|response| vec![(Some(status), response)])
+        .unwrap_or_default()
 }
 
 /// A 202: the request was taken and will be acted on.
@@ -312,8 +321,6 @@ impl<T: JsonSchema> OperationOutput for Accepted<T> {
         ctx: &mut GenContext,
         operation: &mut Operation,
     ) -> Vec<(Option<u16>, DocResponse)> {
-        Self::operation_response(ctx, operation)
-            .map(|response| vec![(Some(202), response)])
-            .unwrap_or_default()
+        json_with_status::<T>(ctx, operation, 202)
     }
 }

@@ -29,7 +29,7 @@ use crate::{RunId, RunStatus, WorkflowRun};
 macro_rules! run_columns {
     () => {
         "id, name, version, args, status, result, error, waiting_for, ready_at, lease_owner, \
-         lease_until, generation, attempts, finalize, created_at, updated_at, finished_at"
+         generation, attempts, finalize, created_at, updated_at, finished_at"
     };
 }
 pub(crate) use run_columns;
@@ -46,8 +46,6 @@ pub(crate) struct RunRow {
     waiting_for: Option<String>,
     ready_at: Option<i64>,
     lease_owner: Option<String>,
-    #[allow(dead_code)]
-    lease_until: Option<i64>,
     generation: i64,
     attempts: i64,
     finalize: bool,

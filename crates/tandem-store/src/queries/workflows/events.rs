@@ -73,29 +73,6 @@ impl Store {
             let claim_for = claim_for.clone();
             Box::pin(async move {
                 let run = lock_run(&mut tx, event.run_id).await?;
-                // A redelivery is answered as such even after the first
-                // delivery finished the run.
-                if let Some(delivery) = &event.delivery {
-                    let existing = on_conn!(&mut tx, c => sqlx::query_as::<_, EventRow>(
-                        "SELECT id, name, payload, source, received_at, consumed_seq
-                         FROM workflow_events WHERE run_id = $1 AND delivery = $2",
-                    )
-                    .bind(event.run_id)
-                    .bind(delivery)
-                    .fetch_optional(c)
-                    .await)?;
-                    if let Some(existing) = existing {
-                        return Ok(DeliveredEvent {
-                            event: existing.into(),
-                            run,
-                            duplicate: true,
-                            claimed: None,
-                        });
-                    }
-                }
-                if run.status.is_finished() {
-                    return Err(finished(run.status));
-                }
                 let id = EventId::new();
                 let received_at = crate::queries::now();
                 let inserted = on_conn!(&mut tx, c => sqlx::query(
@@ -123,12 +100,18 @@ impl Store {
                     .bind(&event.delivery)
                     .fetch_one(c)
                     .await)?;
+                    // A redelivery is answered as such, even after the
+                    // first delivery finished the run.
                     return Ok(DeliveredEvent {
                         event: existing.into(),
                         run,
                         duplicate: true,
                         claimed: None,
                     });
+                }
+                if run.status.is_finished() {
+                    // The job fails, so the event just inserted is rolled back.
+                    return Err(finished(run.status));
                 }
                 let stored = WorkflowEvent {
                     id,
