@@ -163,6 +163,7 @@ fn new_item(thread: &str, body: &str) -> NewInboxItem {
         suggestion: None,
         reason: Some("needs a human".to_owned()),
         due_at: None,
+        run_id: None,
     }
 }
 

@@ -148,6 +148,21 @@ async fn drop_stale_schemas(conn: &mut sqlx::PgConnection) {
     }
 }
 
+/// Points `config` at a scripted model endpoint, with the reply path on and
+/// quick retries.
+pub fn ai_config(config: &mut Config, base_url: &str) {
+    config.reply.enabled = true;
+    config.ai.base_url = Some(base_url.to_owned());
+    config.ai.api_key = Some("test-key".into());
+    config.ai.reply_model = "reply-model".into();
+    config.ai.classifier_model = "classifier-model".into();
+    config.ai.embedding_model = "embedding-model".into();
+    config.ai.request_timeout_secs = 5;
+    config.ai.max_retries = 2;
+    config.ai.initial_backoff_ms = 20;
+    config.ai.max_backoff_secs = 2;
+}
+
 /// Builds the workflows a test server runs; called at every (re)start, so a
 /// test can change the code between restarts.
 pub type RegistryFn = Arc<dyn Fn() -> Registry + Send + Sync>;
@@ -188,6 +203,28 @@ impl TestServer {
         Self::launch(configure, Arc::new(Registry::new), None).await
     }
 
+    /// A server whose reply path answers every customer message with the
+    /// scripted model at `llm` (an OpenAI-compatible server on loopback);
+    /// `configure` adjusts the rest. Retries are quick, so failure paths do
+    /// not slow the suite.
+    pub async fn with_ai(
+        llm: &tandem_scripted_llm::ScriptedLlm,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
+        let base_url = llm.base_url();
+        Self::start_with(move |config| {
+            ai_config(config, &base_url);
+            configure(config);
+        })
+        .await
+    }
+
+    /// A server with the reply path on and no model endpoint: every
+    /// customer message goes to humans.
+    pub async fn with_ai_off() -> Self {
+        Self::start_with(|config| config.reply.enabled = true).await
+    }
+
     /// A server running the workflows `registry` builds, on a
     /// [`ManualClock`] (see [`TestServer::clock`]).
     pub async fn with_workflows(registry: impl Fn() -> Registry + Send + Sync + 'static) -> Self {
@@ -218,6 +255,11 @@ impl TestServer {
         config.rate_limits.agent.per_second = 0;
         config.rate_limits.customer.per_second = 0;
         config.rate_limits.anonymous.per_second = 0;
+        // The built-in reply path answers every customer message (with a
+        // handoff while the AI is off): tests of other parts keep their
+        // threads and inbox to themselves; the reply tests turn it on
+        // ([`TestServer::with_ai`]).
+        config.reply.enabled = false;
         // Runs another process would take are looked for often.
         config.workflows.engine.poll_interval_ms = 100;
         config.workflows.engine.shutdown_grace_secs = 2;

@@ -139,9 +139,7 @@ async fn run_server(mut config: Config) -> anyhow::Result<()> {
         println!("    {}", minted.secret);
         println!();
     }
-    tracing::warn!(
-        "AI is off: no OpenAI-compatible endpoint is configured; every thread routes to humans"
-    );
+    announce_ai(&config)?;
     let mut registry = Registry::new();
     let loaded =
         tandem_server::workflows::load_declarative(&store, &config.workflows, &mut registry)
@@ -169,6 +167,33 @@ async fn run_server(mut config: Config) -> anyhow::Result<()> {
         .context("starting the workflow engine")?;
     serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Says at start whether the AI answers, and refuses an endpoint the client
+/// cannot use.
+fn announce_ai(config: &Config) -> anyhow::Result<()> {
+    if !config.reply.enabled {
+        tracing::warn!(
+            "the built-in reply path is off (reply.enabled = false): messages are not routed"
+        );
+        return Ok(());
+    }
+    if !config.ai.enabled() {
+        tracing::warn!(
+            "AI is off: no OpenAI-compatible endpoint is configured (OPENAI_API_KEY, \
+             OPENAI_BASE_URL); every thread routes to humans"
+        );
+        return Ok(());
+    }
+    tandem_llm::Llm::new(&config.ai).context("the AI endpoint's configuration")?;
+    tracing::info!(
+        endpoint = config.ai.base_url.as_deref().unwrap_or("the provider's default"),
+        reply_model = %config.ai.reply_model,
+        classifier_model = %config.ai.classifier_model,
+        embedding_model = %config.ai.embedding_model,
+        "AI is on"
+    );
     Ok(())
 }
 

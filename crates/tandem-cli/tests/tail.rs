@@ -154,6 +154,7 @@ async fn commit_while_down(db: &TestDb, thread: &str, texts: &[&str]) {
         store
             .post_message(
                 NewMessage {
+                    id: None,
                     thread_id,
                     role: Role::Assistant,
                     agent_name: Some("Sam".into()),

@@ -3,8 +3,10 @@
 //! that need no token ([`hooks`]).
 
 pub mod hooks;
+pub mod inbox;
 pub mod messages;
 pub mod ops;
+pub mod routing;
 pub mod threads;
 pub mod workflows;
 pub mod ws;
@@ -23,6 +25,8 @@ pub fn v1_router() -> ApiRouter<AppState> {
         .merge(threads::router())
         .merge(messages::router())
         .merge(workflows::router())
+        .merge(inbox::router())
+        .merge(routing::router())
         .merge(ws::router())
 }
 

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+use tandem_llm::LlmConfig;
+use tandem_router::AgentConfig;
 use tandem_store::DatabaseOptions;
 use tandem_workflows::EngineConfig;
 
@@ -21,6 +23,12 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     pub hub: HubConfig,
     pub workflows: WorkflowsConfig,
+    /// The model endpoint (`[ai]`; `OPENAI_API_KEY`, `OPENAI_BASE_URL`).
+    /// The AI is off until an endpoint is set.
+    pub ai: LlmConfig,
+    /// The AI agent's name and system prompt (`[agent]`).
+    pub agent: AgentConfig,
+    pub reply: ReplyConfig,
     pub log: LogConfig,
 }
 
@@ -33,6 +41,9 @@ impl Default for Config {
             rate_limits: RateLimitConfig::default(),
             hub: HubConfig::default(),
             workflows: WorkflowsConfig::default(),
+            ai: LlmConfig::default(),
+            agent: AgentConfig::default(),
+            reply: ReplyConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -211,6 +222,22 @@ impl std::fmt::Debug for WorkflowsConfig {
     }
 }
 
+/// The built-in reply path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplyConfig {
+    /// Every customer message starts a durable `reply` run that routes it
+    /// (to the AI or to humans). Off for an integrator that routes messages
+    /// itself, through the API and its own workflows.
+    pub enabled: bool,
+}
+
+impl Default for ReplyConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -259,6 +286,17 @@ impl Config {
                 Env::raw()
                     .only(&["DATABASE_URL"])
                     .map(|_| "database.url".into()),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["OPENAI_API_KEY", "OPENAI_BASE_URL"])
+                    .map(|key| {
+                        if key.as_str().eq_ignore_ascii_case("OPENAI_API_KEY") {
+                            "ai.api_key".into()
+                        } else {
+                            "ai.base_url".into()
+                        }
+                    }),
             );
         figment.extract().map_err(Box::new)
     }
@@ -293,6 +331,9 @@ mod tests {
             jail.set_env("TANDEM_WORKFLOWS__SIGNING_SECRET", "sw0rdfish");
             jail.set_env("TANDEM_WORKFLOWS__ENGINE__DEFAULT_CONCURRENCY", "8");
             jail.set_env("DATABASE_URL", "postgres://tandem:hunter2@db/tandem");
+            jail.set_env("OPENAI_API_KEY", "sk-s3cret");
+            jail.set_env("OPENAI_BASE_URL", "http://127.0.0.1:9/v1");
+            jail.set_env("TANDEM_AI__REPLY_MODEL", "small-model");
             let config = Config::load(Some(Path::new("tandem.toml"))).map_err(|e| *e)?;
             assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
             assert_eq!(config.limits.max_body_bytes, 2000, "environment wins");
@@ -320,6 +361,14 @@ mod tests {
                 "secrets are redacted: {shown}"
             );
             assert!(shown.contains("redacted"));
+            assert_eq!(config.ai.api_key.as_deref(), Some("sk-s3cret"));
+            assert_eq!(config.ai.base_url.as_deref(), Some("http://127.0.0.1:9/v1"));
+            assert_eq!(config.ai.reply_model, "small-model");
+            assert!(config.ai.enabled());
+            assert!(
+                !shown.contains("sk-s3cret"),
+                "secrets are redacted: {shown}"
+            );
             Ok(())
         });
     }
@@ -332,6 +381,9 @@ mod tests {
             let defaults = Config::default();
             assert_eq!(config.listen, defaults.listen);
             assert_eq!(config.workflows, defaults.workflows);
+            assert_eq!(config.ai, defaults.ai);
+            assert_eq!(config.agent, defaults.agent);
+            assert_eq!(config.reply, defaults.reply);
             assert_eq!(config.hub.queue_bytes, defaults.hub.queue_bytes);
             Ok(())
         });

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
-use tandem_store::{InboxItem, Message, RunId, Store, Thread, ThreadId, TokenId};
+use tandem_store::{InboxItem, Message, MessageId, RunId, Store, Thread, ThreadId, TokenId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -75,6 +75,9 @@ struct Inner {
     /// Feeds waiting for the fetcher, and its wake-up.
     fetch_queue: Mutex<Vec<Arc<ThreadFeed>>>,
     fetch_ready: tokio::sync::Notify,
+    /// Streamed AI text for the other processes, sent in order by one task
+    /// (PostgreSQL only; set by `start`).
+    delta_signals: Mutex<Option<tokio::sync::mpsc::UnboundedSender<signals::Signal>>>,
     /// Connections, fetches and the signal listener; joined at shutdown.
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -142,6 +145,7 @@ impl Hub {
                 connections: Mutex::default(),
                 fetch_queue: Mutex::default(),
                 fetch_ready: tokio::sync::Notify::new(),
+                delta_signals: Mutex::default(),
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
             }),
@@ -160,6 +164,20 @@ impl Hub {
         if self.inner.store.kind() == tandem_store::backend::BackendKind::Postgres {
             let hub = self.clone();
             self.inner.tasks.spawn(signals::run(hub));
+            let (sender, mut deltas) = tokio::sync::mpsc::unbounded_channel();
+            *lock(&self.inner.delta_signals) = Some(sender);
+            let hub = self.clone();
+            self.inner.tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = hub.stopping() => break,
+                        next = deltas.recv() => match next {
+                            Some(signal) => hub.signal(signal).await,
+                            None => break,
+                        },
+                    }
+                }
+            });
         }
     }
 
@@ -174,6 +192,7 @@ impl Hub {
     pub async fn shutdown(&self) {
         // The waker holds the engine, which holds the hub: let both go.
         lock(&self.inner.workflow_waker).take();
+        lock(&self.inner.delta_signals).take();
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
@@ -238,6 +257,46 @@ impl Hub {
         if !state.deliver(&encoded) {
             self.ensure_fetch(&feed, &mut state);
         }
+    }
+
+    /// AI text of the message `message_id` as it streams: to this
+    /// process's subscribers of the thread, customers included, and to the
+    /// other processes' (PostgreSQL). The reply path streams only a reply
+    /// that will be published as written.
+    pub fn publish_delta(
+        &self,
+        thread_id: ThreadId,
+        message_id: MessageId,
+        text: &str,
+        reset: bool,
+    ) {
+        self.deliver_delta(thread_id, message_id, text, reset);
+        if let Some(sender) = lock(&self.inner.delta_signals).as_ref() {
+            let _ = sender.send(signals::Signal::delta(
+                thread_id,
+                signals::DeltaSignal {
+                    message_id,
+                    text: text.to_owned(),
+                    reset,
+                },
+            ));
+        }
+    }
+
+    fn deliver_delta(&self, thread_id: ThreadId, message_id: MessageId, text: &str, reset: bool) {
+        let Some(feed) = self.feed(thread_id) else {
+            return;
+        };
+        let frame = Utf8Bytes::from(
+            ServerFrame::Delta {
+                thread_id,
+                message_id,
+                text,
+                reset,
+            }
+            .encode(),
+        );
+        feed.lock().broadcast(&frame, true, None);
     }
 
     /// A thread's status, assignment or title changed.

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use tandem_llm::Llm;
+use tandem_router::Replier;
 use tandem_store::{Store, StoreError};
 use tandem_workflows::{Clock, Engine, Registry, SystemClock};
 
@@ -21,6 +23,10 @@ pub struct AppState {
     pub hub: Hub,
     /// The workflow engine; [`crate::serve`] starts and stops it.
     pub workflows: Engine,
+    /// The model client; none while the AI is off.
+    pub llm: Option<Llm>,
+    /// Whether customer messages start `reply` runs.
+    pub replies: bool,
 }
 
 impl AppState {
@@ -63,13 +69,24 @@ impl AppState {
     fn assemble(
         store: Store,
         config: Config,
-        registry: Registry,
+        mut registry: Registry,
         clock: Arc<dyn Clock>,
         signer: tandem_workflows::Signer,
     ) -> Self {
         let rate_limits = Arc::new(RateLimits::new(&config.rate_limits));
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(store.clone(), config.hub.clone(), metrics.clone());
+        let llm = model_client(&config);
+        let replies = config.reply.enabled;
+        if replies {
+            let replier = Replier::new(
+                store.clone(),
+                llm.clone(),
+                config.agent.clone(),
+                Arc::new(hub.clone()),
+            );
+            registry.register(replier.workflow());
+        }
         let workflows = Engine::new(
             store.clone(),
             registry,
@@ -85,6 +102,20 @@ impl AppState {
             rate_limits,
             hub,
             workflows,
+            llm,
+            replies,
         }
     }
+}
+
+/// The model client the configuration asks for. A configuration the
+/// client refuses (a malformed base URL, say) is reported and leaves the
+/// AI off; `tandem serve` checks it first and refuses to start.
+fn model_client(config: &Config) -> Option<Llm> {
+    if !config.ai.enabled() {
+        return None;
+    }
+    Llm::new(&config.ai)
+        .inspect_err(|error| tracing::error!(%error, "ai: the model endpoint is misconfigured; the AI is off"))
+        .ok()
 }

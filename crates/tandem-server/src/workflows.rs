@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tandem_store::{EffectOutput, Store, StoreError, WorkflowRun};
+use tandem_store::{EffectOutput, MessageId, Store, StoreError, ThreadId, WorkflowRun};
 use tandem_workflows::{Notifier, Registry, Signer};
 
 use crate::config::{Config, WorkflowsConfig};
@@ -87,6 +87,34 @@ impl Notifier for Hub {
                 }
             }
             EffectOutput::Thread(thread) => self.publish_thread(thread),
+            EffectOutput::Item {
+                message,
+                item,
+                thread,
+            } => {
+                if let Some(posted) = message {
+                    self.publish_message(&posted.message);
+                    if let Some(reopened) = &posted.reopened {
+                        self.publish_thread(reopened);
+                    }
+                }
+                self.publish_inbox(item);
+                if let Some(thread) = thread {
+                    self.publish_thread(thread);
+                }
+            }
+            // A reply that was not posted changed nothing.
+            EffectOutput::Skipped { .. } => {}
+        }
+    }
+}
+
+/// Streams the AI's text to the thread's subscribers as it is written.
+impl tandem_router::ReplyEvents for Hub {
+    fn delta(&self, thread_id: ThreadId, message_id: MessageId, delta: &tandem_llm::Delta) {
+        match delta {
+            tandem_llm::Delta::Text(text) => self.publish_delta(thread_id, message_id, text, false),
+            tandem_llm::Delta::Restart => self.publish_delta(thread_id, message_id, "", true),
         }
     }
 }

@@ -10,9 +10,10 @@
 //! - [`backend`]: connecting, migrating, and the write path that every change
 //!   takes: a transaction on PostgreSQL, a group commit on SQLite.
 //! - [`queries`]: `impl Store` split by topic (threads, messages, tokens,
-//!   idempotency records, inbox items, WebSocket tickets, workflow runs and
-//!   their journal, server secrets, and the change signals server processes
-//!   send each other on PostgreSQL).
+//!   idempotency records, inbox items and their resolutions, WebSocket
+//!   tickets, workflow runs and their journal, routing settings and
+//!   examples, LLM usage, server secrets, and the change signals server
+//!   processes send each other on PostgreSQL).
 //! - [`error`]: [`StoreError`], whose variants the server maps to HTTP.
 
 pub mod backend;
@@ -24,7 +25,9 @@ pub use backend::{DatabaseOptions, Store, Synchronous};
 pub use error::StoreError;
 pub use model::*;
 pub use queries::idempotency::{IdempotencyKey, Written};
+pub use queries::inbox::ASK_HUMAN_TOOL;
 pub use queries::messages::PostedMessage;
+pub use queries::routing::POLICY_SETTING;
 pub use queries::signals::{SIGNAL_CHANNEL, SignalListener};
 pub use queries::tickets::WsTicket;
 pub use queries::workflows::{ClaimRequest, NewEvent, StepCommit, micros};

@@ -5,14 +5,18 @@ mod enums;
 mod ids;
 mod inbox;
 mod message;
+mod routing;
 mod thread;
 mod token;
+mod usage;
 mod workflow;
 
 pub use enums::*;
 pub use ids::*;
 pub use inbox::*;
 pub use message::*;
+pub use routing::*;
 pub use thread::*;
 pub use token::*;
+pub use usage::*;
 pub use workflow::*;

@@ -3,11 +3,13 @@
 pub mod idempotency;
 pub mod inbox;
 pub mod messages;
+pub mod routing;
 pub mod secrets;
 pub mod signals;
 pub mod threads;
 pub mod tickets;
 pub mod tokens;
+pub mod usage;
 pub mod workflows;
 
 use chrono::{DateTime, SubsecRound, Utc};

@@ -25,8 +25,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tandem_store::{
     Committed, EffectOutput, JournalEntry, JournalWrite, Lease, Message, NewAssignment, NewMessage,
-    RunId, RunStatus, RunUpdate, StepCommit, StepStatus, StoreEffect, StoreError, Thread,
-    WorkflowEvent, WorkflowRun, micros,
+    OpenItem, OpenedItem, PostedReply, RunId, RunStatus, RunUpdate, SkipReason, StepCommit,
+    StepStatus, StoreEffect, StoreError, Thread, WorkflowEvent, WorkflowRun, micros,
 };
 use tokio::sync::{Mutex, watch};
 
@@ -441,6 +441,39 @@ impl Context {
         decode(name, Some(value))
     }
 
+    /// Opens an inbox item as the step `name`, exactly once: the message it
+    /// is about (when `open.message` is set), the item, and the thread's
+    /// reassignment (when `open.assign` is set) commit together with the
+    /// journal entry. To wait for the item's resolution, set
+    /// `open.item.run_id` to this run and wait for the event
+    /// `inbox:<item id>`.
+    pub async fn open_item(&self, name: &str, open: OpenItem) -> Result<OpenedItem, StepError> {
+        let value = self
+            .effect("open_item", name, StoreEffect::OpenItem(open))
+            .await?;
+        decode(name, Some(value))
+    }
+
+    /// Posts the AI's reply as the step `name`, exactly once, unless the
+    /// customer wrote again after `after_seq` or the thread went to humans
+    /// (checked in the reply's own transaction): then nothing is posted,
+    /// and every replay answers the same [`SkipReason`].
+    pub async fn post_reply(
+        &self,
+        name: &str,
+        message: NewMessage,
+        after_seq: i64,
+    ) -> Result<Result<Message, SkipReason>, StepError> {
+        let value = self
+            .effect(
+                "post_reply",
+                name,
+                StoreEffect::PostReply { message, after_seq },
+            )
+            .await?;
+        decode::<PostedReply>(name, Some(value)).map(Result::from)
+    }
+
     async fn effect(
         &self,
         kind: &str,
@@ -709,11 +742,7 @@ fn after(at: DateTime<Utc>, wait: Duration) -> DateTime<Utc> {
 }
 
 fn effect_json(effect: &EffectOutput) -> Value {
-    match effect {
-        EffectOutput::Message(posted) => serde_json::to_value(&posted.message),
-        EffectOutput::Thread(thread) => serde_json::to_value(thread),
-    }
-    .unwrap_or(Value::Null)
+    effect.journal_value().unwrap_or(Value::Null)
 }
 
 /// Puts a written entry in this execution's view of the journal.

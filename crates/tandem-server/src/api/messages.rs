@@ -9,8 +9,10 @@ use axum::extract::State;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tandem_router::ReplyArgs;
 use tandem_store::{
-    Author, Content, Message, MessageFilter, MessageId, MessageStatus, Role, Visibility,
+    Author, Content, IdempotencyKey, Message, MessageFilter, MessageId, MessageStatus, Role,
+    Visibility,
 };
 
 use super::threads::ThreadPath;
@@ -62,13 +64,24 @@ async fn post_message(
     );
     let new = rules::new_message(&principal, id, request, &state.config.limits)?;
     let (store, hub) = (state.store.clone(), state.hub.clone());
-    // The commit and its publication finish together even if the client
-    // hangs up half-way: subscribers never wait for a message that was stored.
+    let replies = state.replies.then(|| state.workflows.clone());
+    // The commit, its publication and the start of its reply finish
+    // together even if the client hangs up half-way: subscribers never wait
+    // for a message that was stored, and no customer message goes unrouted.
     let written = tokio::spawn(async move {
         let written = store.post_message(new, idempotency).await?;
-        hub.publish_message(&written.value.message);
+        let message = &written.value.message;
+        hub.publish_message(message);
         if let Some(thread) = &written.value.reopened {
             hub.publish_thread(thread);
+        }
+        // A replayed POST starts the run again: it is keyed by the message,
+        // so this is a no-op unless the first attempt died before it.
+        if let Some(engine) = replies
+            && message.role == Role::User
+            && message.status == MessageStatus::Published
+        {
+            start_reply(&engine, message).await;
         }
         Ok::<_, tandem_store::StoreError>(written)
     })
@@ -78,6 +91,33 @@ async fn post_message(
         value: written.value.message,
         replayed: written.replayed,
     })
+}
+
+/// Starts the durable `reply` run of a customer message, once per message.
+async fn start_reply(engine: &tandem_workflows::Engine, message: &Message) {
+    let args = ReplyArgs {
+        thread_id: message.thread_id,
+        message_id: message.id,
+        seq: message.seq,
+    };
+    let key = IdempotencyKey {
+        scope: "reply".into(),
+        key: message.id.to_string(),
+        request_hash: String::new(),
+    };
+    let args = match serde_json::to_value(&args) {
+        Ok(args) => args,
+        Err(error) => {
+            tracing::error!(%error, "reply: arguments do not serialize");
+            return;
+        }
+    };
+    if let Err(error) = engine
+        .start_run(tandem_router::reply::WORKFLOW, args, Some(key))
+        .await
+    {
+        tracing::error!(%error, message = %message.id, "reply: starting the run failed");
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -64,9 +64,21 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
             },
             reachable,
         },
-        ai: AiReadiness {
-            enabled: false,
-            reason: Some("no OpenAI-compatible endpoint is configured; threads route to humans"),
+        ai: match (&state.llm, state.replies) {
+            (_, false) => AiReadiness {
+                enabled: false,
+                reason: Some("the built-in reply path is off (reply.enabled = false)"),
+            },
+            (Some(_), true) => AiReadiness {
+                enabled: true,
+                reason: None,
+            },
+            (None, true) => AiReadiness {
+                enabled: false,
+                reason: Some(
+                    "no OpenAI-compatible endpoint is configured; threads route to humans",
+                ),
+            },
         },
     };
     let status = if reachable {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tandem_store::{InboxItem, Message, RunId, Thread, ThreadId, WorkflowRun};
+use tandem_store::{InboxItem, Message, MessageId, RunId, Thread, ThreadId, WorkflowRun};
 
 /// Close codes the server uses beyond the standard ones.
 pub mod close {
@@ -103,6 +103,15 @@ pub enum ServerFrame<'a> {
     },
     Thread {
         thread: &'a Thread,
+    },
+    /// AI text as it streams, before its message is stored. `reset`: what
+    /// was streamed so far for this message is void (a retried call).
+    Delta {
+        thread_id: ThreadId,
+        message_id: MessageId,
+        text: &'a str,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        reset: bool,
     },
     Inbox {
         item: &'a InboxItem,

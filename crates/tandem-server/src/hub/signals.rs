@@ -39,6 +39,17 @@ pub(super) struct Signal {
     who: Option<Typist>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     agents: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    delta: Option<DeltaSignal>,
+}
+
+/// Streamed AI text, for the subscribers of other processes.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct DeltaSignal {
+    pub message_id: tandem_store::MessageId,
+    pub text: String,
+    #[serde(default)]
+    pub reset: bool,
 }
 
 impl Signal {
@@ -50,6 +61,7 @@ impl Signal {
             node: String::new(),
             who: Some(who),
             agents: None,
+            delta: None,
         }
     }
 
@@ -61,6 +73,19 @@ impl Signal {
             node: String::new(),
             who: None,
             agents: Some(agents),
+            delta: None,
+        }
+    }
+
+    pub(super) fn delta(thread_id: ThreadId, delta: DeltaSignal) -> Self {
+        Self {
+            kind: "delta".into(),
+            id: thread_id.0,
+            seq: None,
+            node: String::new(),
+            who: None,
+            agents: None,
+            delta: Some(delta),
         }
     }
 }
@@ -135,6 +160,11 @@ impl Hub {
             "typing" => {
                 if let Some(who) = &signal.who {
                     self.remote_typing(thread_id, who);
+                }
+            }
+            "delta" => {
+                if let Some(delta) = &signal.delta {
+                    self.deliver_delta(thread_id, delta.message_id, &delta.text, delta.reset);
                 }
             }
             "presence" => {

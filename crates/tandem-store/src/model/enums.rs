@@ -174,6 +174,27 @@ text_enum! {
 }
 
 text_enum! {
+    /// How a human resolved an inbox item.
+    pub enum InboxResolution {
+        /// A `question` was answered (the answer is the tool call's result).
+        Answered = "answered",
+        /// An `approval`'s draft was approved (perhaps edited) and published.
+        Approved = "approved",
+        /// An `approval`'s draft was rejected with a review; the thread went to humans.
+        Rejected = "rejected",
+    }
+}
+
+text_enum! {
+    /// Who should answer a customer's message: what the router decides and
+    /// what a routing example is labelled with.
+    pub enum Responder {
+        Ai = "ai",
+        Human = "human",
+    }
+}
+
+text_enum! {
     /// Where a workflow run stands.
     pub enum RunStatus {
         /// Executing, or queued to execute.

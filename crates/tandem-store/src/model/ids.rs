@@ -71,3 +71,7 @@ id_type!(
     /// One entry of a thread's assignment history.
     AssignmentId
 );
+id_type!(
+    /// A labelled example for the embeddings router.
+    RoutingExampleId
+);

@@ -4,7 +4,11 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{InboxItemId, InboxKind, InboxStatus, MessageId, ThreadId};
+use super::{
+    InboxItemId, InboxKind, InboxResolution, InboxStatus, Message, MessageId, RunId, Thread,
+    ThreadId,
+};
+use crate::PostedMessage;
 
 /// One piece of work for a human: a question, a draft to approve, an
 /// escalation or a handoff.
@@ -13,7 +17,8 @@ pub struct InboxItem {
     pub id: InboxItemId,
     pub kind: InboxKind,
     pub thread_id: ThreadId,
-    /// The message the item is about (the draft, the escalated reply).
+    /// The message the item is about (the question's tool call, the draft,
+    /// the escalated reply).
     pub message_id: Option<MessageId>,
     /// The tool call a `question` answers.
     pub tool_call_id: Option<String>,
@@ -27,6 +32,16 @@ pub struct InboxItem {
     /// The agent working on it.
     pub claimed_by: Option<String>,
     pub due_at: Option<DateTime<Utc>>,
+    /// The workflow run waiting on the item: resolving the item sends it
+    /// the event `inbox:<item id>`.
+    pub run_id: Option<RunId>,
+    /// How the item was resolved, once it is.
+    pub resolution: Option<InboxResolution>,
+    /// A rejected draft's review.
+    pub review: Option<String>,
+    /// The human who resolved it.
+    pub resolved_by: Option<String>,
+    pub resolved_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -42,4 +57,61 @@ pub struct NewInboxItem {
     pub suggestion: Option<String>,
     pub reason: Option<String>,
     pub due_at: Option<DateTime<Utc>>,
+    /// The run that will wait for the item's resolution.
+    pub run_id: Option<RunId>,
+}
+
+/// Which statuses [`InboxFilter`] lists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum InboxStatuses {
+    /// Items still waiting for someone: `open` or `claimed`.
+    #[default]
+    Pending,
+    /// Every item.
+    All,
+    Only(InboxStatus),
+}
+
+/// Which inbox items to list: most urgent first (by `due_at`, items without
+/// one last, then oldest first).
+#[derive(Debug, Clone)]
+pub struct InboxFilter {
+    pub kind: Option<InboxKind>,
+    pub status: InboxStatuses,
+    pub thread_id: Option<ThreadId>,
+    /// Only items after this one in the listing's order (the page cursor:
+    /// the last item of the previous page).
+    pub after: Option<InboxItemId>,
+    pub limit: u32,
+}
+
+impl Default for InboxFilter {
+    fn default() -> Self {
+        Self {
+            kind: None,
+            status: InboxStatuses::Pending,
+            thread_id: None,
+            after: None,
+            limit: 50,
+        }
+    }
+}
+
+/// What resolving an inbox item did, for the caller to push to the hub and
+/// (when `run_ready`) to wake the workflow engine.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The item, resolved.
+    pub item: InboxItem,
+    /// The message the resolution posted: the answer (a tool result), or
+    /// the approved reply as the thread's next public message.
+    pub message: Option<PostedMessage>,
+    /// The draft an approval or a rejection changed the status of.
+    pub draft: Option<Message>,
+    /// The thread, when the resolution reassigned it (a rejection).
+    pub thread: Option<Thread>,
+    /// The run waiting on the item, after the event was delivered to it.
+    pub run: Option<crate::WorkflowRun>,
+    /// Whether the event made the run due: the engine should be woken.
+    pub run_ready: bool,
 }

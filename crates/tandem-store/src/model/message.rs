@@ -84,6 +84,10 @@ pub enum Part {
 /// A message to store, already checked against the caller's permissions.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
+    /// The id to store the message under; a fresh one when `None`. A run
+    /// streaming a reply picks it first, so the deltas it pushes carry the
+    /// id its message will have.
+    pub id: Option<MessageId>,
     pub thread_id: ThreadId,
     pub role: Role,
     pub agent_name: Option<String>,

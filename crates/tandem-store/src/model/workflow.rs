@@ -41,7 +41,7 @@ pub struct JournalEntry {
     /// The step's place in the run, from 0.
     pub seq: i64,
     /// `run`, `sleep`, `wait_event`, `now`, `random`, `uuid`,
-    /// `resume_url`, `post_message`, `assign`.
+    /// `resume_url`, `post_message`, `assign`, `open_item`, `post_reply`.
     pub kind: String,
     pub name: String,
     pub status: StepStatus,
@@ -138,17 +138,141 @@ pub enum RunUpdate {
 
 /// A write to Tandem's own tables made in the same transaction as the step
 /// that journals it, so it happens exactly once.
+// One value per step commit, moved once: boxing the big variant would save
+// nothing that matters and cost every match a deref.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum StoreEffect {
     PostMessage(super::NewMessage),
     Assign(NewAssignment),
+    /// Opens an inbox item, with the message it is about and the thread's
+    /// reassignment when there are.
+    OpenItem(OpenItem),
+    /// Posts the AI's reply unless, in the same transaction, the thread turns
+    /// out to be assigned to humans or to hold a customer message newer
+    /// than `after_seq` (the reply would answer a stale question): then
+    /// nothing is posted and the output is [`EffectOutput::Skipped`].
+    PostReply {
+        message: super::NewMessage,
+        /// The seq of the newest customer message the reply answers.
+        after_seq: i64,
+    },
+}
+
+/// An inbox item to open, as one effect: `message` is posted first (the
+/// item's `message_id` is set to it unless the item names one), then the
+/// item is opened, then `assign` is applied.
+#[derive(Debug, Clone)]
+pub struct OpenItem {
+    /// The AI's tool call for a `question`; the draft (an internal
+    /// `pending_approval` message) for an `approval`.
+    pub message: Option<super::NewMessage>,
+    pub item: super::NewInboxItem,
+    /// For an `escalation` or a `handoff`: the thread goes to humans.
+    pub assign: Option<NewAssignment>,
+}
+
+/// Why a [`StoreEffect::PostReply`] posted nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// The customer wrote again after the message being answered.
+    NewerCustomerMessage,
+    /// The thread was handed to humans meanwhile.
+    AssignedToHuman,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NewerCustomerMessage => "newer_customer_message",
+            Self::AssignedToHuman => "assigned_to_human",
+        }
+    }
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The outcome of a [`StoreEffect`], for the hub to push.
+// One value per step commit (see `StoreEffect`).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum EffectOutput {
     Message(crate::PostedMessage),
     Thread(super::Thread),
+    /// An [`OpenItem`] effect: the message posted, the item, the thread
+    /// reassigned, where there were.
+    Item {
+        message: Option<crate::PostedMessage>,
+        item: super::InboxItem,
+        thread: Option<super::Thread>,
+    },
+    /// A [`StoreEffect::PostReply`] that posted nothing.
+    Skipped {
+        reason: SkipReason,
+    },
+}
+
+impl EffectOutput {
+    /// What the step that made the effect journals as its output, and
+    /// returns again on replay: a [`super::Message`], a
+    /// [`super::Thread`], an [`OpenedItem`] or a [`PostedReply`].
+    pub fn journal_value(&self) -> Result<Value, serde_json::Error> {
+        match self {
+            Self::Message(posted) => serde_json::to_value(&posted.message),
+            Self::Thread(thread) => serde_json::to_value(thread),
+            Self::Item {
+                message,
+                item,
+                thread,
+            } => serde_json::to_value(OpenedItemRef {
+                message: message.as_ref().map(|posted| &posted.message),
+                item,
+                thread: thread.as_ref(),
+            }),
+            Self::Skipped { reason } => {
+                serde_json::to_value(PostedReply::Skipped { skipped: *reason })
+            }
+        }
+    }
+}
+
+/// What an [`OpenItem`] step returns (and journals).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OpenedItem {
+    pub message: Option<super::Message>,
+    pub item: super::InboxItem,
+    pub thread: Option<super::Thread>,
+}
+
+/// [`OpenedItem`] borrowed, to journal it without cloning.
+#[derive(Serialize)]
+struct OpenedItemRef<'a> {
+    message: Option<&'a super::Message>,
+    item: &'a super::InboxItem,
+    thread: Option<&'a super::Thread>,
+}
+
+/// What a [`StoreEffect::PostReply`] step journals: the reply posted, or
+/// `{"skipped": reason}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PostedReply {
+    Skipped { skipped: SkipReason },
+    Posted(super::Message),
+}
+
+impl From<PostedReply> for Result<super::Message, SkipReason> {
+    fn from(reply: PostedReply) -> Self {
+        match reply {
+            PostedReply::Posted(message) => Ok(message),
+            PostedReply::Skipped { skipped } => Err(skipped),
+        }
+    }
 }
 
 /// A thread's assignment to change, with why and by whom.

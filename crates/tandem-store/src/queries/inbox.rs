@@ -1,47 +1,49 @@
-//! Inbox items: open, change, read.
+//! Inbox items: open, change, read, and resolve.
+//!
+//! A resolution (an answer, an approval, a rejection) is one transaction
+//! that also delivers the event `inbox:<item id>` to the run waiting on the
+//! item: a crash can never leave an item resolved and its run asleep.
+//! Locks are taken item, run, thread, the same order a journal commit takes
+//! run then thread, so resolutions and commits do not deadlock.
 
-use crate::backend::{job, on_conn, on_pool};
-use crate::{InboxItem, InboxItemId, InboxStatus, NewInboxItem, Store, StoreError};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use super::messages::{insert_message, settle_draft_in};
+use super::workflows::{NewEvent, assign_in, deliver_in, lock_run};
+use crate::backend::{Tx, job, on_conn, on_pool};
+use crate::{
+    AssignedTo, Author, AuthorKind, Content, EventSource, InboxFilter, InboxItem, InboxItemId,
+    InboxKind, InboxResolution, InboxStatus, InboxStatuses, MessageId, MessageStatus,
+    NewAssignment, NewInboxItem, NewMessage, Part, Resolved, Role, RunId, RunStatus, Store,
+    StoreError, Visibility, WorkflowRun,
+};
 
 /// The columns an inbox item is read from, as a literal for `concat!`.
 macro_rules! inbox_columns {
     () => {
         "id, kind, thread_id, message_id, tool_call_id, body, suggestion, reason, status, \
-         claimed_by, due_at, created_at, updated_at"
+         claimed_by, due_at, run_id, resolution, review, resolved_by, resolved_at, \
+         created_at, updated_at"
     };
+}
+
+/// The name of the tool whose calls `question` items answer.
+pub const ASK_HUMAN_TOOL: &str = "ask_human";
+
+/// Where items without a `due_at` sort: after every real deadline
+/// (9999-12-31T23:59:59Z, the latest time both backends store).
+fn no_deadline() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 impl Store {
     /// Opens an item for humans.
     pub async fn open_inbox_item(&self, new: NewInboxItem) -> Result<InboxItem, StoreError> {
-        const SQL: &str = concat!(
-            "INSERT INTO inbox_items (",
-            inbox_columns!(),
-            ") SELECT $1, $2, t.id, $4, $5, $6, $7, $8, 'open', NULL, $9, $10, $10
-               FROM threads t WHERE t.id = $3
-             RETURNING ",
-            inbox_columns!()
-        );
         let id = InboxItemId::new();
-        let now = super::now();
         self.write(job(move |mut tx| {
             let new = new.clone();
-            Box::pin(async move {
-                on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
-                    .bind(id)
-                    .bind(new.kind)
-                    .bind(new.thread_id)
-                    .bind(new.message_id)
-                    .bind(&new.tool_call_id)
-                    .bind(&new.body)
-                    .bind(&new.suggestion)
-                    .bind(&new.reason)
-                    .bind(new.due_at)
-                    .bind(now)
-                    .fetch_optional(c)
-                    .await)?
-                .ok_or(StoreError::NotFound("thread"))
-            })
+            Box::pin(async move { open_item_in(&mut tx, id, new).await })
         }))
         .await
     }
@@ -100,4 +102,407 @@ impl Store {
             .fetch_all(p)
             .await)?)
     }
+
+    /// Items matching the filter, most urgent first: by `due_at` (items without one last),
+    /// then oldest first. An `after` cursor that names no
+    /// item gives an empty page.
+    pub async fn list_inbox(&self, filter: &InboxFilter) -> Result<Vec<InboxItem>, StoreError> {
+        // The sort key is (COALESCE(due_at, $1), id); the cursor's key is
+        // read from its row. Pending items are few: the sort is in memory.
+        const SQL: &str = concat!(
+            "SELECT ",
+            inbox_columns!(),
+            " FROM inbox_items
+             WHERE ($2 IS NULL OR kind = $2)
+               AND (NOT $3 OR status IN ('open', 'claimed'))
+               AND ($4 IS NULL OR status = $4)
+               AND ($5 IS NULL OR thread_id = $5)
+               AND ($6 IS NULL OR COALESCE(due_at, $1) > (SELECT COALESCE(c.due_at, $1)
+                                                           FROM inbox_items c WHERE c.id = $6)
+                    OR (COALESCE(due_at, $1) = (SELECT COALESCE(c.due_at, $1)
+                                                FROM inbox_items c WHERE c.id = $6)
+                        AND id > $6))
+             ORDER BY COALESCE(due_at, $1), id
+             LIMIT $7"
+        );
+        let (pending, only) = match filter.status {
+            InboxStatuses::Pending => (true, None),
+            InboxStatuses::All => (false, None),
+            InboxStatuses::Only(status) => (false, Some(status)),
+        };
+        Ok(on_pool!(self, p => sqlx::query_as::<_, InboxItem>(SQL)
+            .bind(no_deadline())
+            .bind(filter.kind)
+            .bind(pending)
+            .bind(only)
+            .bind(filter.thread_id)
+            .bind(filter.after)
+            .bind(i64::from(filter.limit))
+            .fetch_all(p)
+            .await)?)
+    }
+
+    /// The items a run waits on that are still open or claimed, oldest first.
+    pub async fn open_items_for_run(&self, run_id: RunId) -> Result<Vec<InboxItem>, StoreError> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            inbox_columns!(),
+            " FROM inbox_items WHERE run_id = $1 AND status IN ('open', 'claimed') ORDER BY id"
+        );
+        Ok(on_pool!(self, p => sqlx::query_as::<_, InboxItem>(SQL)
+            .bind(run_id)
+            .fetch_all(p)
+            .await)?)
+    }
+
+    /// Answers a `question`: the answer is stored as the result of the AI's
+    /// `ask_human` tool call (`role: tool`, internal, provider `human`), the
+    /// item is resolved `answered`, and the run waiting on it is sent
+    /// `inbox:<item id>` (due at `now`, µs on the workflow clock).
+    pub async fn answer_question(
+        &self,
+        item_id: InboxItemId,
+        text: String,
+        by: &str,
+        now: i64,
+    ) -> Result<Resolved, StoreError> {
+        let by = by.to_owned();
+        self.write(job(move |mut tx| {
+            let (text, by) = (text.clone(), by.clone());
+            Box::pin(async move {
+                let tx = &mut tx;
+                let (item, run) = take_item(tx, item_id, InboxKind::Question).await?;
+                let tool_call_id = item.tool_call_id.clone().ok_or_else(|| {
+                    StoreError::invalid(
+                        "no_tool_call",
+                        format!("question {item_id} names no tool call to answer"),
+                    )
+                })?;
+                let answer = NewMessage {
+                    id: None,
+                    thread_id: item.thread_id,
+                    role: Role::Tool,
+                    agent_name: Some(by.clone()),
+                    author: Author {
+                        kind: AuthorKind::Human,
+                        id: Some(by.clone()),
+                    },
+                    content: Content::Parts(vec![Part::ToolResult {
+                        tool_call_id,
+                        name: ASK_HUMAN_TOOL.to_owned(),
+                        result: json!({"answer": text}),
+                        is_error: false,
+                    }]),
+                    visibility: Visibility::Internal,
+                    status: MessageStatus::Published,
+                    metadata: json!({
+                        "provider": "human",
+                        "providerMetadata": {"human": {"name": by}},
+                    }),
+                    reply_to: item.message_id,
+                    customer_scope: None,
+                };
+                let posted = insert_message(tx, answer).await?;
+                let resolution = Resolution {
+                    kind: InboxResolution::Answered,
+                    by,
+                    review: None,
+                    text: Some(text),
+                    message_id: Some(posted.message.id),
+                };
+                let (item, run, run_ready) = resolve(tx, &item, run, resolution, now).await?;
+                Ok(Resolved {
+                    item,
+                    thread: posted.reopened.clone(),
+                    message: Some(posted),
+                    draft: None,
+                    run,
+                    run_ready,
+                })
+            })
+        }))
+        .await
+    }
+
+    /// Approves an `approval`'s draft, `edited` or as it is: the draft
+    /// becomes `approved` (and stays internal), and the reply is published
+    /// as the thread's next message, with `metadata.approval` saying who
+    /// approved which draft and whether they edited it. The item is
+    /// resolved `approved` and its run sent `inbox:<item id>`.
+    pub async fn approve_draft(
+        &self,
+        item_id: InboxItemId,
+        edited: Option<String>,
+        by: &str,
+        now: i64,
+    ) -> Result<Resolved, StoreError> {
+        let by = by.to_owned();
+        self.write(job(move |mut tx| {
+            let (edited, by) = (edited.clone(), by.clone());
+            Box::pin(async move {
+                let tx = &mut tx;
+                let (item, run) = take_item(tx, item_id, InboxKind::Approval).await?;
+                let draft = settle_draft(tx, &item, MessageStatus::Approved).await?;
+                let mut metadata = match draft.metadata.clone() {
+                    Value::Object(map) => map,
+                    _ => serde_json::Map::new(),
+                };
+                metadata.insert(
+                    "approval".into(),
+                    json!({"draft_id": draft.id, "approved_by": by, "edited": edited.is_some()}),
+                );
+                let reply = NewMessage {
+                    id: None,
+                    thread_id: item.thread_id,
+                    role: Role::Assistant,
+                    agent_name: draft.agent_name.clone(),
+                    author: draft.author.clone(),
+                    content: edited
+                        .clone()
+                        .map_or_else(|| draft.content.clone(), Content::Text),
+                    visibility: Visibility::Public,
+                    status: MessageStatus::Published,
+                    metadata: Value::Object(metadata),
+                    reply_to: draft.reply_to,
+                    customer_scope: None,
+                };
+                let posted = insert_message(tx, reply).await?;
+                let resolution = Resolution {
+                    kind: InboxResolution::Approved,
+                    by,
+                    review: None,
+                    text: edited,
+                    message_id: Some(posted.message.id),
+                };
+                let (item, run, run_ready) = resolve(tx, &item, run, resolution, now).await?;
+                Ok(Resolved {
+                    item,
+                    thread: posted.reopened.clone(),
+                    message: Some(posted),
+                    draft: Some(draft),
+                    run,
+                    run_ready,
+                })
+            })
+        }))
+        .await
+    }
+
+    /// Rejects an `approval`'s draft with a review: the draft becomes
+    /// `rejected`, the item is resolved `rejected` (with the review), the
+    /// thread is assigned to humans, and the run is sent `inbox:<item id>`.
+    pub async fn reject_draft(
+        &self,
+        item_id: InboxItemId,
+        review: String,
+        by: &str,
+        now: i64,
+    ) -> Result<Resolved, StoreError> {
+        let by = by.to_owned();
+        self.write(job(move |mut tx| {
+            let (review, by) = (review.clone(), by.clone());
+            Box::pin(async move {
+                let tx = &mut tx;
+                let (item, run) = take_item(tx, item_id, InboxKind::Approval).await?;
+                let draft = settle_draft(tx, &item, MessageStatus::Rejected).await?;
+                let thread = assign_in(
+                    tx,
+                    NewAssignment {
+                        thread_id: item.thread_id,
+                        assigned_to: AssignedTo::Human,
+                        assignee: None,
+                        team: None,
+                        reason: Some(format!("draft rejected: {review}")),
+                        by_kind: "human".into(),
+                        by_id: Some(by.clone()),
+                    },
+                )
+                .await?;
+                let resolution = Resolution {
+                    kind: InboxResolution::Rejected,
+                    by,
+                    review: Some(review.clone()),
+                    text: Some(review),
+                    message_id: None,
+                };
+                let (item, run, run_ready) = resolve(tx, &item, run, resolution, now).await?;
+                Ok(Resolved {
+                    item,
+                    message: None,
+                    draft: Some(draft),
+                    thread: Some(thread),
+                    run,
+                    run_ready,
+                })
+            })
+        }))
+        .await
+    }
+}
+
+/// Inserts an item of an existing thread.
+pub(crate) async fn open_item_in(
+    tx: &mut Tx<'_>,
+    id: InboxItemId,
+    new: NewInboxItem,
+) -> Result<InboxItem, StoreError> {
+    const SQL: &str = concat!(
+        "INSERT INTO inbox_items (",
+        inbox_columns!(),
+        ") SELECT $1, $2, t.id, $4, $5, $6, $7, $8, 'open', NULL, $9, $11,
+                  NULL, NULL, NULL, NULL, $10, $10
+           FROM threads t WHERE t.id = $3
+         RETURNING ",
+        inbox_columns!()
+    );
+    on_conn!(tx, c => sqlx::query_as::<_, InboxItem>(SQL)
+        .bind(id)
+        .bind(new.kind)
+        .bind(new.thread_id)
+        .bind(new.message_id)
+        .bind(&new.tool_call_id)
+        .bind(&new.body)
+        .bind(&new.suggestion)
+        .bind(&new.reason)
+        .bind(new.due_at)
+        .bind(super::now())
+        .bind(new.run_id)
+        .fetch_optional(c)
+        .await)?
+    .ok_or(StoreError::NotFound("thread"))
+}
+
+/// Reads and locks an item about to be resolved, and the run waiting on it,
+/// checking that it is of `kind` and still waiting for someone.
+async fn take_item(
+    tx: &mut Tx<'_>,
+    id: InboxItemId,
+    kind: InboxKind,
+) -> Result<(InboxItem, Option<WorkflowRun>), StoreError> {
+    const SELECT: &str = concat!(
+        "SELECT ",
+        inbox_columns!(),
+        " FROM inbox_items WHERE id = $1"
+    );
+    const LOCK: &str = concat!(
+        "SELECT ",
+        inbox_columns!(),
+        " FROM inbox_items WHERE id = $1 FOR UPDATE"
+    );
+    let item = match tx {
+        Tx::Postgres(c) => {
+            sqlx::query_as::<_, InboxItem>(LOCK)
+                .bind(id)
+                .fetch_optional(&mut **c)
+                .await?
+        }
+        Tx::Sqlite(c) => {
+            sqlx::query_as::<_, InboxItem>(SELECT)
+                .bind(id)
+                .fetch_optional(&mut **c)
+                .await?
+        }
+    }
+    .ok_or(StoreError::NotFound("inbox item"))?;
+    if item.kind != kind {
+        return Err(StoreError::conflict(
+            "wrong_item_kind",
+            format!("inbox item {id} is a {} item, not a {kind} item", item.kind),
+        ));
+    }
+    if !matches!(item.status, InboxStatus::Open | InboxStatus::Claimed) {
+        return Err(StoreError::conflict(
+            "item_closed",
+            format!("inbox item {id} is already {}", item.status),
+        ));
+    }
+    let run = match item.run_id {
+        Some(run_id) => Some(lock_run(tx, run_id).await?),
+        None => None,
+    };
+    Ok((item, run))
+}
+
+/// Moves an approval's draft out of `pending_approval`.
+async fn settle_draft(
+    tx: &mut Tx<'_>,
+    item: &InboxItem,
+    status: MessageStatus,
+) -> Result<crate::Message, StoreError> {
+    let draft_id = item.message_id.ok_or_else(|| {
+        StoreError::invalid(
+            "no_draft",
+            format!("approval {} names no draft message", item.id),
+        )
+    })?;
+    settle_draft_in(tx, item.thread_id, draft_id, status)
+        .await?
+        .ok_or_else(|| {
+            StoreError::conflict(
+                "draft_not_pending",
+                format!("message {draft_id} is not a draft waiting for approval"),
+            )
+        })
+}
+
+/// How an item is being resolved, and what its run is told.
+struct Resolution {
+    kind: InboxResolution,
+    by: String,
+    review: Option<String>,
+    /// What the human wrote: the answer, the edited reply, the review.
+    text: Option<String>,
+    /// The message the resolution posted.
+    message_id: Option<MessageId>,
+}
+
+/// Marks the item resolved and delivers `inbox:<item id>` to its run (one
+/// that has not finished); says whether the run became due.
+async fn resolve(
+    tx: &mut Tx<'_>,
+    item: &InboxItem,
+    run: Option<WorkflowRun>,
+    resolution: Resolution,
+    now: i64,
+) -> Result<(InboxItem, Option<WorkflowRun>, bool), StoreError> {
+    const SQL: &str = concat!(
+        "UPDATE inbox_items SET
+             status = 'resolved', resolution = $2, review = $3, resolved_by = $4,
+             resolved_at = $5, updated_at = $5
+         WHERE id = $1 RETURNING ",
+        inbox_columns!()
+    );
+    let resolved = on_conn!(tx, c => sqlx::query_as::<_, InboxItem>(SQL)
+        .bind(item.id)
+        .bind(resolution.kind)
+        .bind(&resolution.review)
+        .bind(&resolution.by)
+        .bind(super::now())
+        .fetch_one(c)
+        .await)?;
+    let Some(run) = run else {
+        return Ok((resolved, None, false));
+    };
+    if run.status.is_finished() {
+        // Nobody waits any more (the run was cancelled, or failed).
+        return Ok((resolved, Some(run), false));
+    }
+    let was_waiting = run.status == RunStatus::Waiting;
+    let name = format!("inbox:{}", item.id);
+    let event = NewEvent {
+        run_id: run.id,
+        payload: json!({
+            "resolution": resolution.kind,
+            "by": resolution.by,
+            "text": resolution.text,
+            "message_id": resolution.message_id,
+        }),
+        source: EventSource::Api,
+        // An item is resolved once; the key makes that a constraint.
+        delivery: Some(name.clone()),
+        name,
+    };
+    let delivered = deliver_in(tx, run, event, now, None).await?;
+    let ready = was_waiting && !delivered.duplicate && delivered.run.status == RunStatus::Running;
+    Ok((resolved, Some(delivered.run), ready))
 }

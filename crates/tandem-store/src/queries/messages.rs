@@ -143,6 +143,33 @@ impl Store {
         }
     }
 
+    /// The newest `limit` messages of a thread, in `seq` order, without
+    /// drafts that wait for approval or were rejected: what a prompt is
+    /// built from (the prompt builder leaves out more).
+    pub async fn prompt_history(
+        &self,
+        thread_id: ThreadId,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        const SQL: &str = concat!(
+            "SELECT * FROM (
+                 SELECT ",
+            message_columns!(),
+            " FROM messages
+                 WHERE thread_id = $1 AND status NOT IN ('pending_approval', 'rejected')
+                 ORDER BY seq DESC
+                 LIMIT $2
+             ) AS recent
+             ORDER BY seq"
+        );
+        let rows = on_pool!(self, p => sqlx::query_as::<_, MessageRow>(SQL)
+            .bind(thread_id)
+            .bind(i64::from(limit))
+            .fetch_all(p)
+            .await)?;
+        Ok(rows.into_iter().map(Message::from).collect())
+    }
+
     /// A page of a thread's messages in `seq` order.
     pub async fn list_messages(
         &self,
@@ -167,6 +194,29 @@ impl Store {
             .await)?;
         Ok(rows.into_iter().map(Message::from).collect())
     }
+}
+
+/// Moves a draft of `thread_id` out of `pending_approval` (to `approved` or
+/// `rejected`); `None` if it is not such a draft.
+pub(crate) async fn settle_draft_in(
+    tx: &mut Tx<'_>,
+    thread_id: ThreadId,
+    id: MessageId,
+    status: MessageStatus,
+) -> Result<Option<Message>, StoreError> {
+    const SQL: &str = concat!(
+        "UPDATE messages SET status = $3
+         WHERE id = $1 AND thread_id = $2 AND status = 'pending_approval'
+         RETURNING ",
+        message_columns!()
+    );
+    let row = on_conn!(tx, c => sqlx::query_as::<_, MessageRow>(SQL)
+        .bind(id)
+        .bind(thread_id)
+        .bind(status)
+        .fetch_optional(c)
+        .await)?;
+    Ok(row.map(Message::from))
 }
 
 /// The statement that inserts a message with its thread's next seq, reading
@@ -205,7 +255,7 @@ pub(crate) async fn insert_message(
     new: NewMessage,
 ) -> Result<PostedMessage, StoreError> {
     let now = super::now();
-    let id = MessageId::new();
+    let id = new.id.unwrap_or_default();
     // A customer's message reopens a closed thread (a trigger does it), and
     // the hub must hear of that change too. PostgreSQL reads the old status
     // in the insert itself, saving a round trip; SQLite asks first, in
@@ -233,7 +283,8 @@ pub(crate) async fn insert_message(
             false,
         ),
     };
-    let inserted: Option<(i64, Option<String>, Option<MessageId>, bool)> = on_conn!(tx, c => sqlx::query_as(sql)
+    let inserted: Option<(i64, Option<String>, Option<MessageId>, bool)> =
+        on_conn!(tx, c => sqlx::query_as(sql)
         .bind(id)
         .bind(new.thread_id)
         .bind(new.role)
@@ -248,7 +299,15 @@ pub(crate) async fn insert_message(
         .bind(now)
         .bind(new.customer_scope.as_deref())
         .fetch_optional(c)
-        .await)?;
+        .await)
+        .map_err(|e| match e {
+            // Seqs are taken under the thread's lock (PostgreSQL) or by the one
+            // writer (SQLite), so only the id the caller chose can clash.
+            sqlx::Error::Database(db) if new.id.is_some() && db.is_unique_violation() => {
+                StoreError::conflict("message_exists", format!("message {id} already exists"))
+            }
+            e => StoreError::from(e),
+        })?;
     let (seq, author_id, reply_to, closed_in_insert) =
         inserted.ok_or(StoreError::NotFound("thread"))?;
     let was_closed = new.role == Role::User && (closed_before || closed_in_insert);

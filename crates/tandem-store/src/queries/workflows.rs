@@ -19,6 +19,10 @@ pub use events::NewEvent;
 pub use journal::StepCommit;
 pub use runs::ClaimRequest;
 
+pub(crate) use events::deliver_in;
+pub(crate) use journal::assign_in;
+pub(crate) use runs::lock_run;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;

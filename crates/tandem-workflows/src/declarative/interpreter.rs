@@ -316,6 +316,7 @@ impl<'a> Walk<'a> {
             ),
         };
         let message = NewMessage {
+            id: None,
             thread_id,
             role: Role::Assistant,
             agent_name: Some(agent.clone()),

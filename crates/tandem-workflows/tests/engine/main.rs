@@ -2,6 +2,7 @@
 //! `TANDEM_TEST_DATABASE_URL` is set), on a manual clock: timers, deadlines
 //! and backoff fire when the test moves the clock, never by sleeping.
 
+mod reply_path;
 mod support;
 
 use std::sync::Arc;
@@ -839,6 +840,7 @@ async fn a_sleep_too_long_to_represent_waits_instead_of_failing() {
 /// A public message from the AI agent "Refunds".
 fn agent_message(thread: tandem_store::ThreadId, text: &str) -> tandem_store::NewMessage {
     tandem_store::NewMessage {
+        id: None,
         thread_id: thread,
         role: tandem_store::Role::Assistant,
         agent_name: Some("Refunds".into()),

@@ -154,6 +154,7 @@ pub fn new_message(
     };
 
     Ok(NewMessage {
+        id: None,
         thread_id,
         role,
         agent_name,

@@ -6,9 +6,10 @@ use sqlx::types::Json;
 
 use super::runs::{finished, lock_run};
 use super::{RunRow, run_columns};
-use crate::backend::{job, on_conn};
+use crate::backend::{Tx, job, on_conn};
 use crate::{
-    DeliveredEvent, EventId, EventSource, Lease, RunId, RunStatus, Store, StoreError, WorkflowEvent,
+    DeliveredEvent, EventId, EventSource, Lease, RunId, RunStatus, Store, StoreError,
+    WorkflowEvent, WorkflowRun,
 };
 
 #[derive(sqlx::FromRow)]
@@ -58,102 +59,115 @@ impl Store {
         now: i64,
         claim_for: Option<(String, i64)>,
     ) -> Result<DeliveredEvent, StoreError> {
-        const WAKE: &str = concat!(
-            "UPDATE workflow_runs SET
-                 status = 'running', ready_at = $2, waiting_for = NULL,
-                 lease_owner = COALESCE($3, lease_owner), lease_until = COALESCE($4, lease_until),
-                 generation = generation + CASE WHEN $3 IS NULL THEN 0 ELSE 1 END,
-                 attempts = attempts + CASE WHEN $3 IS NULL THEN 0 ELSE 1 END,
-                 updated_at = $5
-             WHERE id = $1 RETURNING ",
-            run_columns!()
-        );
         self.write(job(move |mut tx| {
             let event = event.clone();
             let claim_for = claim_for.clone();
             Box::pin(async move {
                 let run = lock_run(&mut tx, event.run_id).await?;
-                let id = EventId::new();
-                let received_at = crate::queries::now();
-                let inserted = on_conn!(&mut tx, c => sqlx::query(
-                    "INSERT INTO workflow_events
-                         (id, run_id, name, payload, source, delivery, consumed_seq, received_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)
-                     ON CONFLICT (run_id, delivery) DO NOTHING",
-                )
-                .bind(id)
-                .bind(event.run_id)
-                .bind(&event.name)
-                .bind(Json(&event.payload))
-                .bind(event.source)
-                .bind(&event.delivery)
-                .bind(received_at)
-                .execute(c)
-                .await
-                .map(|r| r.rows_affected()))?;
-                if inserted == 0 {
-                    let existing = on_conn!(&mut tx, c => sqlx::query_as::<_, EventRow>(
-                        "SELECT id, name, payload, source, received_at, consumed_seq
-                         FROM workflow_events WHERE run_id = $1 AND delivery = $2",
-                    )
-                    .bind(event.run_id)
-                    .bind(&event.delivery)
-                    .fetch_one(c)
-                    .await)?;
-                    // A redelivery is answered as such, even after the
-                    // first delivery finished the run.
-                    return Ok(DeliveredEvent {
-                        event: existing.into(),
-                        run,
-                        duplicate: true,
-                        claimed: None,
-                    });
-                }
-                if run.status.is_finished() {
-                    // The job fails, so the event just inserted is rolled back.
-                    return Err(finished(run.status));
-                }
-                let stored = WorkflowEvent {
-                    id,
-                    name: event.name.clone(),
-                    payload: event.payload.clone(),
-                    source: event.source,
-                    received_at,
-                    consumed_by: None,
-                };
-                let wakes = run.status == RunStatus::Waiting
-                    && run.waiting_for.as_deref() == Some(event.name.as_str());
-                if !wakes {
-                    return Ok(DeliveredEvent {
-                        event: stored,
-                        run,
-                        duplicate: false,
-                        claimed: None,
-                    });
-                }
-                let (owner, until) = claim_for.unzip();
-                let row = on_conn!(&mut tx, c => sqlx::query_as::<_, RunRow>(WAKE)
-                    .bind(event.run_id)
-                    .bind(now)
-                    .bind(&owner)
-                    .bind(until)
-                    .bind(received_at)
-                    .fetch_one(c)
-                    .await)?;
-                let run = crate::WorkflowRun::from(row);
-                let claimed = owner.map(|owner| Lease {
-                    run_id: run.id,
-                    owner,
-                    generation: run.generation,
-                });
-                Ok(DeliveredEvent {
-                    event: stored,
-                    run,
-                    duplicate: false,
-                    claimed,
-                })
+                deliver_in(&mut tx, run, event, now, claim_for).await
             })
         }))
         .await
     }
+}
+
+/// [`Store::deliver_event`] inside a transaction that has already locked
+/// the run (`run`, read by [`lock_run`]), so other writes can deliver an
+/// event in the same transaction as the change it announces.
+pub(crate) async fn deliver_in(
+    tx: &mut Tx<'_>,
+    run: WorkflowRun,
+    event: NewEvent,
+    now: i64,
+    claim_for: Option<(String, i64)>,
+) -> Result<DeliveredEvent, StoreError> {
+    const WAKE: &str = concat!(
+        "UPDATE workflow_runs SET
+             status = 'running', ready_at = $2, waiting_for = NULL,
+             lease_owner = COALESCE($3, lease_owner), lease_until = COALESCE($4, lease_until),
+             generation = generation + CASE WHEN $3 IS NULL THEN 0 ELSE 1 END,
+             attempts = attempts + CASE WHEN $3 IS NULL THEN 0 ELSE 1 END,
+             updated_at = $5
+         WHERE id = $1 RETURNING ",
+        run_columns!()
+    );
+    let id = EventId::new();
+    let received_at = crate::queries::now();
+    let inserted = on_conn!(tx, c => sqlx::query(
+        "INSERT INTO workflow_events
+             (id, run_id, name, payload, source, delivery, consumed_seq, received_at)
+         VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)
+         ON CONFLICT (run_id, delivery) DO NOTHING",
+    )
+    .bind(id)
+    .bind(event.run_id)
+    .bind(&event.name)
+    .bind(Json(&event.payload))
+    .bind(event.source)
+    .bind(&event.delivery)
+    .bind(received_at)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    if inserted == 0 {
+        let existing = on_conn!(tx, c => sqlx::query_as::<_, EventRow>(
+            "SELECT id, name, payload, source, received_at, consumed_seq
+             FROM workflow_events WHERE run_id = $1 AND delivery = $2",
+        )
+        .bind(event.run_id)
+        .bind(&event.delivery)
+        .fetch_one(c)
+        .await)?;
+        // A redelivery is answered as such, even after the first delivery
+        // finished the run.
+        return Ok(DeliveredEvent {
+            event: existing.into(),
+            run,
+            duplicate: true,
+            claimed: None,
+        });
+    }
+    if run.status.is_finished() {
+        // The job fails, so the event just inserted is rolled back.
+        return Err(finished(run.status));
+    }
+    let stored = WorkflowEvent {
+        id,
+        name: event.name.clone(),
+        payload: event.payload,
+        source: event.source,
+        received_at,
+        consumed_by: None,
+    };
+    let wakes =
+        run.status == RunStatus::Waiting && run.waiting_for.as_deref() == Some(event.name.as_str());
+    if !wakes {
+        return Ok(DeliveredEvent {
+            event: stored,
+            run,
+            duplicate: false,
+            claimed: None,
+        });
+    }
+    let (owner, until) = claim_for.unzip();
+    let row = on_conn!(tx, c => sqlx::query_as::<_, RunRow>(WAKE)
+        .bind(event.run_id)
+        .bind(now)
+        .bind(&owner)
+        .bind(until)
+        .bind(received_at)
+        .fetch_one(c)
+        .await)?;
+    let run = WorkflowRun::from(row);
+    let claimed = owner.map(|owner| Lease {
+        run_id: run.id,
+        owner,
+        generation: run.generation,
+    });
+    Ok(DeliveredEvent {
+        event: stored,
+        run,
+        duplicate: false,
+        claimed,
+    })
 }

@@ -5,10 +5,12 @@ use sqlx::types::Json;
 use super::runs::lease_lost;
 use super::{RunRow, run_columns};
 use crate::backend::{Tx, job, on_conn};
+use crate::queries::inbox::open_item_in;
 use crate::queries::messages::insert_message;
 use crate::{
-    AssignmentId, Committed, EffectOutput, JournalWrite, Lease, NewAssignment, RunStatus,
-    RunUpdate, Store, StoreEffect, StoreError, Thread, WorkflowRun,
+    AssignedTo, AssignmentId, Committed, EffectOutput, InboxItemId, JournalWrite, Lease,
+    NewAssignment, OpenItem, RunStatus, RunUpdate, SkipReason, Store, StoreEffect, StoreError,
+    Thread, ThreadId, WorkflowRun,
 };
 
 /// One commit of an executor.
@@ -231,13 +233,97 @@ async fn apply_effect(
     let output = match effect {
         StoreEffect::PostMessage(new) => EffectOutput::Message(insert_message(tx, new).await?),
         StoreEffect::Assign(assignment) => EffectOutput::Thread(assign_in(tx, assignment).await?),
+        StoreEffect::OpenItem(open) => open_item(tx, open).await?,
+        StoreEffect::PostReply { message, after_seq } => {
+            match reply_skip_reason(tx, message.thread_id, after_seq).await? {
+                Some(reason) => EffectOutput::Skipped { reason },
+                None => EffectOutput::Message(insert_message(tx, message).await?),
+            }
+        }
     };
-    let value = match &output {
-        EffectOutput::Message(posted) => serde_json::to_value(&posted.message),
-        EffectOutput::Thread(thread) => serde_json::to_value(thread),
-    }
-    .map_err(|e| StoreError::Corrupt(format!("effect output: {e}")))?;
+    let value = output
+        .journal_value()
+        .map_err(|e| StoreError::Corrupt(format!("effect output: {e}")))?;
     Ok((output, value))
+}
+
+/// Posts the item's message, opens the item about it, then reassigns the
+/// thread: all of one thread.
+async fn open_item(tx: &mut Tx<'_>, open: OpenItem) -> Result<EffectOutput, StoreError> {
+    let OpenItem {
+        message,
+        mut item,
+        assign,
+    } = open;
+    let other_thread = (message.iter().map(|m| m.thread_id))
+        .chain(assign.iter().map(|a| a.thread_id))
+        .find(|thread| *thread != item.thread_id);
+    if let Some(other) = other_thread {
+        return Err(StoreError::invalid(
+            "thread_mismatch",
+            format!(
+                "the item is of thread {}, its message or assignment of thread {other}",
+                item.thread_id
+            ),
+        ));
+    }
+    let message = match message {
+        Some(new) => Some(insert_message(tx, new).await?),
+        None => None,
+    };
+    if item.message_id.is_none() {
+        item.message_id = message.as_ref().map(|posted| posted.message.id);
+    }
+    let item = open_item_in(tx, InboxItemId::new(), item).await?;
+    let thread = match assign {
+        Some(assignment) => Some(assign_in(tx, assignment).await?),
+        None => None,
+    };
+    Ok(EffectOutput::Item {
+        message,
+        item,
+        thread,
+    })
+}
+
+/// Why the AI's reply to a thread, answering its messages up to
+/// `after_seq`, must not be posted now, if it must not. On PostgreSQL the
+/// thread's row is locked first, as every message insert does, so no
+/// customer message or reassignment can commit between this check and the
+/// reply's insert; SQLite has a single writer.
+async fn reply_skip_reason(
+    tx: &mut Tx<'_>,
+    thread_id: ThreadId,
+    after_seq: i64,
+) -> Result<Option<SkipReason>, StoreError> {
+    let assigned_to: Option<AssignedTo> = match tx {
+        Tx::Postgres(c) => {
+            sqlx::query_scalar("SELECT assigned_to FROM threads WHERE id = $1 FOR UPDATE")
+                .bind(thread_id)
+                .fetch_optional(&mut **c)
+                .await?
+        }
+        Tx::Sqlite(c) => {
+            sqlx::query_scalar("SELECT assigned_to FROM threads WHERE id = $1")
+                .bind(thread_id)
+                .fetch_optional(&mut **c)
+                .await?
+        }
+    };
+    match assigned_to {
+        None => return Err(StoreError::NotFound("thread")),
+        Some(AssignedTo::Human) => return Ok(Some(SkipReason::AssignedToHuman)),
+        Some(_) => {}
+    }
+    // A range scan of the (thread_id, seq) index.
+    let newer: Option<i64> = on_conn!(tx, c => sqlx::query_scalar(
+        "SELECT seq FROM messages WHERE thread_id = $1 AND seq > $2 AND role = 'user' LIMIT 1",
+    )
+    .bind(thread_id)
+    .bind(after_seq)
+    .fetch_optional(c)
+    .await)?;
+    Ok(newer.map(|_| SkipReason::NewerCustomerMessage))
 }
 
 /// Assigns a thread and records the change in its history.

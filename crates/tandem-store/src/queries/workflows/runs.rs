@@ -484,7 +484,7 @@ impl Store {
 }
 
 /// Reads a run, locking its row on PostgreSQL (SQLite has one writer).
-pub(super) async fn lock_run(tx: &mut Tx<'_>, id: RunId) -> Result<WorkflowRun, StoreError> {
+pub(crate) async fn lock_run(tx: &mut Tx<'_>, id: RunId) -> Result<WorkflowRun, StoreError> {
     let row = match tx {
         Tx::Postgres(c) => {
             sqlx::query_as::<_, RunRow>(concat!(

@@ -1,0 +1,34 @@
+//! Tandem's one LLM client: every model call of the server goes through [`Llm`].
+//!
+//! It speaks to any OpenAI-compatible endpoint through `async-openai`, and
+//! adds what a support reply needs on top: retries that honour `Retry-After`,
+//! a per-attempt timeout that covers a whole stream, text deltas as they
+//! arrive, tool calls, JSON-schema structured output and embeddings.
+//!
+//! - [`config`]: [`LlmConfig`], the `[ai]` section of the server config.
+//! - [`client`]: [`Llm`] (`chat`, `structured`, `embed`); the HTTP layer that
+//!   reads error responses and their headers lives in `client/transport.rs`,
+//!   the retry policy in `client/retry.rs`.
+//! - [`types`]: what goes in and comes out: [`ChatRequest`], [`ChatMessage`],
+//!   [`Completion`], [`ToolCall`], [`Usage`], [`Embeddings`].
+//! - [`schema`]: JSON schemas from Rust types ([`tool`], structured output),
+//!   and [`parse_arguments`] for the model's tool calls.
+//! - [`prompt`]: a thread's stored history turned into chat turns that fit a
+//!   token budget.
+//! - [`error`]: [`LlmError`] and its short machine codes.
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod prompt;
+pub mod schema;
+pub mod types;
+
+pub use client::Llm;
+pub use config::LlmConfig;
+pub use error::LlmError;
+pub use schema::{parse_arguments, tool};
+pub use types::{
+    ChatMessage, ChatRequest, Completion, Delta, Embeddings, ResponseFormat, Structured, ToolCall,
+    ToolSpec, Usage,
+};

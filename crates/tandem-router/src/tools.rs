@@ -1,0 +1,63 @@
+//! The tools the AI may call while writing a reply. Their schemas come from
+//! these types, and a call whose arguments do not fit goes back to the
+//! model as a tool error: nothing runs from anything but a well-formed,
+//! structured tool call.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tandem_llm::{ToolSpec, tool};
+
+pub const ASK_HUMAN: &str = "ask_human";
+pub const ESCALATE: &str = "escalate";
+
+/// `ask_human`: the AI needs a fact or a decision only a person can give.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AskHuman {
+    /// The question for the support team, with the context they need.
+    pub question: String,
+}
+
+/// `escalate`: the thread should be answered by humans from now on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Escalate {
+    /// Why a human should take over.
+    pub reason: String,
+    /// The reply the AI would have sent, for the human to start from.
+    #[serde(default)]
+    pub suggested_reply: Option<String>,
+}
+
+/// The tools offered to the reply model.
+pub fn specs() -> Vec<ToolSpec> {
+    vec![
+        tool::<AskHuman>(
+            ASK_HUMAN,
+            "Ask the human support team a question when you need information or a decision \
+             you do not have. The conversation waits for their answer, which comes back as \
+             this tool's result; then write the reply to the customer.",
+        ),
+        tool::<Escalate>(
+            ESCALATE,
+            "Hand the conversation to the human support team, when the customer asks for a \
+             person or you cannot help. Give the reason, and the reply you would suggest.",
+        ),
+    ]
+}
+
+/// Longest question or reason kept from the model.
+pub const MAX_TOOL_TEXT: usize = 4_000;
+
+/// Checks the text fields a model filled in: not empty, not huge.
+pub fn check_text(field: &str, text: &str) -> Result<(), String> {
+    if text.trim().is_empty() {
+        return Err(format!("`{field}` must not be empty"));
+    }
+    if text.chars().count() > MAX_TOOL_TEXT {
+        return Err(format!(
+            "`{field}` is longer than {MAX_TOOL_TEXT} characters"
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! `/v1/inbox`: the work waiting for humans — questions the AI asked,
+//! drafts to approve, escalations, handoffs — and answering, approving or
+//! rejecting it. Staff only.
+//!
+//! Each resolution is one store transaction that also wakes the reply run
+//! waiting on the item, so an answer can never be recorded while its run
+//! sleeps on.
+
+use aide::axum::ApiRouter;
+use aide::axum::routing::{get, post};
+use axum::Json;
+use axum::extract::State;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tandem_store::{
+    InboxFilter, InboxItem, InboxItemId, InboxKind, InboxStatus, InboxStatuses, Message, Resolved,
+    ThreadId,
+};
+
+use crate::AppState;
+use crate::http::extract::ApiPath;
+use crate::http::{ApiError, ApiJson, ApiQuery, Principal};
+
+pub fn router() -> ApiRouter<AppState> {
+    ApiRouter::new()
+        .api_route("/v1/inbox", get(list_inbox))
+        .api_route("/v1/inbox/{id}", get(get_item))
+        .api_route("/v1/inbox/{id}/answer", post(answer))
+        .api_route("/v1/inbox/{id}/approve", post(approve))
+        .api_route("/v1/inbox/{id}/reject", post(reject))
+}
+
+/// The `{id}` of an inbox route; an id that does not parse is an item that
+/// does not exist.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ItemPath {
+    pub id: String,
+}
+
+fn item_id(id: &str) -> Result<InboxItemId, ApiError> {
+    id.parse().map_err(|_| ApiError::NotFound("inbox item"))
+}
+
+/// The name a resolution is recorded under: the agent's own, or `admin`.
+fn staff_name(principal: &Principal) -> Result<String, ApiError> {
+    match principal {
+        Principal::Agent { name, .. } => Ok(name.clone()),
+        Principal::Admin { .. } => Ok("admin".into()),
+        Principal::Customer { .. } => Err(ApiError::forbidden(
+            "forbidden",
+            "customer tokens may not use the inbox",
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListInbox {
+    pub kind: Option<InboxKind>,
+    /// Open and claimed items when absent.
+    pub status: Option<InboxStatus>,
+    pub thread_id: Option<ThreadId>,
+    /// 1 to 200; 50 when absent.
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct InboxPage {
+    /// Oldest due first, then oldest opened.
+    pub items: Vec<InboxItem>,
+}
+
+/// Items, filtered, oldest due first.
+async fn list_inbox(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(query): ApiQuery<ListInbox>,
+) -> Result<Json<InboxPage>, ApiError> {
+    staff_name(&principal)?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be between 1 and 200",
+        ));
+    }
+    let items = state
+        .store
+        .list_inbox(&InboxFilter {
+            kind: query.kind,
+            status: query
+                .status
+                .map_or(InboxStatuses::Pending, InboxStatuses::Only),
+            thread_id: query.thread_id,
+            limit,
+            ..InboxFilter::default()
+        })
+        .await?;
+    Ok(Json(InboxPage { items }))
+}
+
+async fn get_item(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(ItemPath { id }): ApiPath<ItemPath>,
+) -> Result<Json<InboxItem>, ApiError> {
+    staff_name(&principal)?;
+    let item = state
+        .store
+        .get_inbox_item(item_id(&id)?)
+        .await?
+        .ok_or(ApiError::NotFound("inbox item"))?;
+    Ok(Json(item))
+}
+
+/// The item after its resolution, and the message it published or stored.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Resolution {
+    pub item: InboxItem,
+    /// The answer (`answer`: a tool result, internal), the published reply
+    /// (`approve`); none for `reject`.
+    pub message: Option<Message>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Answer {
+    /// The answer to the AI's question; the AI writes the customer's reply
+    /// from it.
+    pub text: String,
+}
+
+/// Answers a `question`: stored as the tool's result (`role: tool`,
+/// provider human), and the AI goes on. 409 `item_closed`, `wrong_item_kind`.
+async fn answer(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(ItemPath { id }): ApiPath<ItemPath>,
+    ApiJson(request): ApiJson<Answer>,
+) -> Result<Json<Resolution>, ApiError> {
+    let by = staff_name(&principal)?;
+    let id = item_id(&id)?;
+    check_text(&state, "text", &request.text)?;
+    let resolved = state
+        .store
+        .answer_question(id, request.text, &by, now(&state))
+        .await?;
+    Ok(Json(announce(&state, resolved)))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Approve {
+    /// The reply as edited by the agent; the draft as written when absent.
+    pub text: Option<String>,
+}
+
+/// Approves a draft: it is published to the customer as the thread's next
+/// message (edited, if `text` is given). 409 `item_closed`, `wrong_item_kind`.
+async fn approve(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(ItemPath { id }): ApiPath<ItemPath>,
+    ApiJson(request): ApiJson<Approve>,
+) -> Result<Json<Resolution>, ApiError> {
+    let by = staff_name(&principal)?;
+    let id = item_id(&id)?;
+    if let Some(text) = &request.text {
+        check_text(&state, "text", text)?;
+    }
+    let resolved = state
+        .store
+        .approve_draft(id, request.text, &by, now(&state))
+        .await?;
+    Ok(Json(announce(&state, resolved)))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reject {
+    /// Why the draft is wrong: kept with the item, for the team and for
+    /// tuning the AI.
+    pub review: String,
+}
+
+/// Rejects a draft: it is never published, the review is recorded, and the
+/// thread goes to humans. 409 `item_closed`, `wrong_item_kind`.
+async fn reject(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(ItemPath { id }): ApiPath<ItemPath>,
+    ApiJson(request): ApiJson<Reject>,
+) -> Result<Json<Resolution>, ApiError> {
+    let by = staff_name(&principal)?;
+    let id = item_id(&id)?;
+    check_text(&state, "review", &request.review)?;
+    let resolved = state
+        .store
+        .reject_draft(id, request.review, &by, now(&state))
+        .await?;
+    Ok(Json(announce(&state, resolved)))
+}
+
+/// Now on the workflow clock, when the waiting run becomes due.
+fn now(state: &AppState) -> i64 {
+    tandem_store::micros(state.workflows.clock().now())
+}
+
+fn check_text(state: &AppState, field: &str, text: &str) -> Result<(), ApiError> {
+    let max = state.config.limits.max_message_chars;
+    if text.trim().is_empty() {
+        return Err(ApiError::Unprocessable {
+            code: "empty_text",
+            message: format!("`{field}` must not be empty"),
+        });
+    }
+    if text.chars().count() > max {
+        return Err(ApiError::Unprocessable {
+            code: "text_too_long",
+            message: format!("`{field}` is longer than {max} characters"),
+        });
+    }
+    Ok(())
+}
+
+/// Pushes what a resolution changed, and wakes the run that waited on it.
+fn announce(state: &AppState, resolved: Resolved) -> Resolution {
+    state.hub.publish_inbox(&resolved.item);
+    if let Some(posted) = &resolved.message {
+        state.hub.publish_message(&posted.message);
+    }
+    if let Some(thread) = &resolved.thread {
+        state.hub.publish_thread(thread);
+    }
+    if resolved.run_ready {
+        state.workflows.wake();
+    }
+    Resolution {
+        item: resolved.item,
+        message: resolved.message.map(|p| p.message),
+    }
+}

@@ -1,0 +1,237 @@
+//! A fresh store per test: a SQLite file in a temporary directory, or (with
+//! `TANDEM_TEST_DATABASE_URL`) a schema of its own on that PostgreSQL
+//! server. When the variable is set and the server cannot be reached, the
+//! test fails: it never falls back.
+
+use chrono::Utc;
+use serde_json::json;
+use sqlx::Connection;
+use tandem_store::{
+    Author, AuthorKind, Content, DatabaseOptions, JournalWrite, Lease, MessageStatus, NewMessage,
+    NewRun, NewThread, Role, StepCommit, StepStatus, Store, StoreEffect, StoreError, Thread,
+    ThreadId, Visibility, micros,
+};
+
+pub struct TestStore {
+    pub store: Store,
+    _dir: Option<tempfile::TempDir>,
+    schema: Option<(String, String)>,
+}
+
+impl TestStore {
+    pub async fn fresh() -> Self {
+        let mut options = DatabaseOptions::default();
+        let (dir, schema) = match std::env::var("TANDEM_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => {
+                let name = format!(
+                    "tandem_test_{}_{}",
+                    Utc::now().timestamp(),
+                    uuid::Uuid::new_v4().simple()
+                );
+                let mut conn = sqlx::PgConnection::connect(&url)
+                    .await
+                    .expect("TANDEM_TEST_DATABASE_URL is set but PostgreSQL is unreachable");
+                sqlx::query(&format!("CREATE SCHEMA {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("schema");
+                options.url = url.clone();
+                options.schema = Some(name.clone());
+                options.max_connections = 4;
+                (None, Some((url, name)))
+            }
+            _ => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                options.url = format!("sqlite://{}", dir.path().join("tandem.db").display());
+                options.max_connections = 4;
+                (Some(dir), None)
+            }
+        };
+        let store = Store::connect(&options).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        Self {
+            store,
+            _dir: dir,
+            schema,
+        }
+    }
+
+    pub async fn finish(self) {
+        self.store.close().await;
+        if let Some((url, schema)) = &self.schema
+            && let Ok(mut conn) = sqlx::PgConnection::connect(url).await
+        {
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+
+    pub async fn thread(&self) -> Thread {
+        self.store
+            .create_thread(
+                NewThread {
+                    customer_id: "c1".into(),
+                    title: None,
+                    metadata: json!({}),
+                },
+                None,
+            )
+            .await
+            .expect("thread")
+            .value
+    }
+
+    /// The customer writes; returns the message's seq.
+    pub async fn customer_says(&self, thread: ThreadId, text: &str) -> i64 {
+        let message = NewMessage {
+            author: Author {
+                kind: AuthorKind::Customer,
+                id: None,
+            },
+            role: Role::User,
+            agent_name: None,
+            ..ai_reply(thread, text)
+        };
+        self.store
+            .post_message(message, None)
+            .await
+            .expect("customer message")
+            .value
+            .message
+            .seq
+    }
+
+    /// A run leased to this process, as an executor holds it.
+    pub async fn run(&self) -> Executor {
+        let now = micros(Utc::now());
+        let run = self
+            .store
+            .create_run(
+                NewRun {
+                    name: "reply".into(),
+                    version: "1".into(),
+                    args: json!({}),
+                    has_on_complete: false,
+                },
+                now,
+                Some((self.store.node().to_owned(), now + 3_600_000_000)),
+                None,
+            )
+            .await
+            .expect("run")
+            .value;
+        Executor {
+            store: self.store.clone(),
+            lease: Lease {
+                run_id: run.id,
+                owner: self.store.node().to_owned(),
+                generation: run.generation,
+            },
+        }
+    }
+}
+
+/// Commits journal entries for a run, as the engine does.
+pub struct Executor {
+    store: Store,
+    pub lease: Lease,
+}
+
+impl Executor {
+    /// Journals step `seq` with `effect`, its output the effect's.
+    pub async fn effect(
+        &self,
+        seq: i64,
+        kind: &str,
+        effect: StoreEffect,
+    ) -> Result<tandem_store::Committed, StoreError> {
+        self.commit(
+            vec![entry(seq, kind, StepStatus::Completed)],
+            Some(effect),
+            tandem_store::RunUpdate::Continue,
+        )
+        .await
+    }
+
+    /// Journals a pending wait for `event` at step `seq` and suspends.
+    pub async fn wait_for(&self, seq: i64, event: &str) -> tandem_store::Committed {
+        let mut wait = entry(seq, "wait_event", StepStatus::Pending);
+        wait.name = event.to_owned();
+        wait.finished_at = None;
+        self.commit(
+            vec![wait],
+            None,
+            tandem_store::RunUpdate::Suspend {
+                ready_at: None,
+                waiting_for: Some(event.to_owned()),
+            },
+        )
+        .await
+        .expect("suspend")
+    }
+
+    async fn commit(
+        &self,
+        writes: Vec<JournalWrite>,
+        effect: Option<StoreEffect>,
+        update: tandem_store::RunUpdate,
+    ) -> Result<tandem_store::Committed, StoreError> {
+        let now = micros(Utc::now());
+        self.store
+            .commit_steps(StepCommit {
+                lease: self.lease.clone(),
+                effect: effect.map(|e| (writes.len() - 1, e)),
+                writes,
+                update,
+                now,
+                lease_until: now + 3_600_000_000,
+            })
+            .await
+    }
+}
+
+fn entry(seq: i64, kind: &str, status: StepStatus) -> JournalWrite {
+    JournalWrite {
+        seq,
+        kind: kind.to_owned(),
+        name: kind.to_owned(),
+        status,
+        output: None,
+        error: None,
+        attempts: 1,
+        wake_at: None,
+        started_at: Utc::now(),
+        finished_at: Some(Utc::now()),
+        consumes: None,
+    }
+}
+
+/// The AI agent "Ada"'s public reply.
+pub fn ai_reply(thread: ThreadId, text: &str) -> NewMessage {
+    NewMessage {
+        id: None,
+        thread_id: thread,
+        role: Role::Assistant,
+        agent_name: Some("Ada".into()),
+        author: Author {
+            kind: AuthorKind::Ai,
+            id: Some("Ada".into()),
+        },
+        content: Content::Text(text.into()),
+        visibility: Visibility::Public,
+        status: MessageStatus::Published,
+        metadata: json!({"provider": "test-model"}),
+        reply_to: None,
+        customer_scope: None,
+    }
+}
+
+/// Asserts a 409-style refusal with this code.
+#[track_caller]
+pub fn assert_conflict<T: std::fmt::Debug>(result: Result<T, StoreError>, expected: &str) {
+    match result {
+        Err(StoreError::Conflict { code, .. }) if code == expected => {}
+        other => panic!("expected conflict {expected:?}, got {other:?}"),
+    }
+}
