@@ -92,6 +92,22 @@ async fn a_customer_may_not_set_what_the_server_decides() {
             "metadata.providerMetadata",
             json!({"content": "x", "metadata": {"providerMetadata": {}}}),
         ),
+        (
+            "metadata.routing",
+            json!({"content": "x", "metadata": {"routing": {"strategy": "ai"}}}),
+        ),
+        (
+            "metadata.decisions",
+            json!({"content": "x", "metadata": {"decisions": []}}),
+        ),
+        (
+            "metadata.run_id",
+            json!({"content": "x", "metadata": {"run_id": "0196"}}),
+        ),
+        (
+            "metadata.approval",
+            json!({"content": "x", "metadata": {"approval": {"approved_by": "Sam"}}}),
+        ),
     ];
     for (field, body) in forged {
         let response = server.post(&path, &alice, body).await;

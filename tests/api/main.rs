@@ -10,6 +10,8 @@ mod injection;
 mod messages;
 mod operations;
 mod reply;
+mod reply_recovery;
+mod reply_transactions;
 mod routing;
 mod threads;
 mod workflows;

@@ -10,14 +10,14 @@
 //! schema on that server. When the variable is set and the server cannot be
 //! reached, tests fail: they never fall back or skip.
 
+pub mod reply;
 pub mod ws;
 
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sqlx::{Connection, Row};
 use tandem_server::{AppState, Config};
 use tandem_store::{RunId, Store, TokenSubject};
 use tandem_workflows::{Clock, Engine, ManualClock, Registry, SystemClock};
@@ -25,128 +25,11 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// The environment variable that selects PostgreSQL.
-pub const DATABASE_ENV: &str = "TANDEM_TEST_DATABASE_URL";
-
-/// Where a test's data lives.
-pub enum TestDb {
-    Sqlite { dir: tempfile::TempDir },
-    Postgres { url: String, schema: String },
-}
-
-impl TestDb {
-    /// A fresh, empty database for one test.
-    pub async fn fresh() -> Self {
-        match std::env::var(DATABASE_ENV) {
-            Ok(url) if !url.is_empty() => {
-                let schema = format!(
-                    "tandem_test_{}_{}",
-                    unix_seconds(),
-                    uuid::Uuid::new_v4().simple()
-                );
-                let mut conn = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
-                    panic!("{DATABASE_ENV} is set but PostgreSQL is unreachable: {e}")
-                });
-                drop_stale_schemas(&mut conn).await;
-                sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                    .execute(&mut conn)
-                    .await
-                    .expect("create test schema");
-                TestDb::Postgres { url, schema }
-            }
-            _ => TestDb::Sqlite {
-                dir: tempfile::tempdir().expect("temp dir"),
-            },
-        }
-    }
-
-    /// Store options pointing at this database.
-    pub fn options(&self) -> tandem_store::DatabaseOptions {
-        let mut options = tandem_store::DatabaseOptions::default();
-        match self {
-            TestDb::Sqlite { dir } => {
-                options.url = format!("sqlite://{}", dir.path().join("tandem.db").display());
-                options.max_connections = 4;
-            }
-            TestDb::Postgres { url, schema } => {
-                options.url = url.clone();
-                options.schema = Some(schema.clone());
-                options.max_connections = 8;
-            }
-        }
-        options
-    }
-
-    pub fn is_postgres(&self) -> bool {
-        matches!(self, TestDb::Postgres { .. })
-    }
-
-    /// Runs a query that returns one text column, on a connection of its own.
-    pub async fn query_strings(&self, sql: &str) -> Vec<String> {
-        match self {
-            TestDb::Sqlite { dir } => {
-                let url = format!("sqlite://{}", dir.path().join("tandem.db").display());
-                let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("sqlite");
-                let rows = sqlx::query(sql).fetch_all(&mut conn).await.expect("query");
-                rows.iter().map(|r| r.get::<String, _>(0)).collect()
-            }
-            TestDb::Postgres { url, schema } => {
-                let mut conn = sqlx::PgConnection::connect(url).await.expect("postgres");
-                sqlx::query(&format!("SET search_path TO {schema}"))
-                    .execute(&mut conn)
-                    .await
-                    .expect("search_path");
-                let rows = sqlx::query(sql).fetch_all(&mut conn).await.expect("query");
-                rows.iter().map(|r| r.get::<String, _>(0)).collect()
-            }
-        }
-    }
-
-    /// Removes the database (PostgreSQL schemas; SQLite files go with their
-    /// temporary directory).
-    pub async fn drop(self) {
-        if let TestDb::Postgres { url, schema } = &self
-            && let Ok(mut conn) = sqlx::PgConnection::connect(url).await
-        {
-            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                .execute(&mut conn)
-                .await;
-        }
-    }
-}
-
-fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Schemas left behind by test runs that were killed, older than an hour.
-async fn drop_stale_schemas(conn: &mut sqlx::PgConnection) {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    if ONCE.set(()).is_err() {
-        return;
-    }
-    let names: Vec<String> = sqlx::query_scalar(
-        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'tandem\\_test\\_%'",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .unwrap_or_default();
-    let cutoff = unix_seconds().saturating_sub(3600);
-    for name in names {
-        let created = name
-            .split('_')
-            .nth(2)
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(u64::MAX);
-        if created < cutoff {
-            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                .execute(&mut *conn)
-                .await;
-        }
-    }
-}
+/// Where a test's data lives: the store's [`TestDatabase`], under the name
+/// this suite and its users have always called it.
+///
+/// [`TestDatabase`]: tandem_store::testing::TestDatabase
+pub use tandem_store::testing::{DATABASE_ENV, TestDatabase as TestDb};
 
 /// Points `config` at a scripted model endpoint, with the reply path on and
 /// quick retries.

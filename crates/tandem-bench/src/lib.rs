@@ -10,8 +10,9 @@
 //!   benchmark shares.
 //!
 //! The benchmarks themselves are binaries: `post-messages`
-//! (`src/post_messages.rs`), `ws-fanout` (`src/ws_fanout.rs`) and
-//! `workflow-cycles` (`src/workflow_cycles.rs`).
+//! (`src/post_messages.rs`), `ws-fanout` (`src/ws_fanout.rs`),
+//! `workflow-cycles` (`src/workflow_cycles.rs`) and `reply-latency`
+//! (`src/reply_latency.rs`).
 
 pub mod procfs;
 pub mod server;

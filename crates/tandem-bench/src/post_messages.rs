@@ -118,7 +118,9 @@ async fn run(args: Args) -> Result<bool> {
             let server = InProcessServer::start(
                 &args.store,
                 "post-messages",
-                |_| {},
+                // The store's write path alone, as measured before the
+                // reply path existed; `reply-latency` measures that path.
+                |config| config.reply.enabled = false,
                 |store, config| async move { Ok(AppState::new(store, config)) },
             )
             .await?;

@@ -123,6 +123,8 @@ async fn run(args: Args) -> Result<bool> {
         &args.store,
         "workflow-cycles",
         |config| {
+            // Its own workflow only: no `reply` run per posted message.
+            config.reply.enabled = false;
             // Each client subscribes and unsubscribes once per cycle, far
             // above the hub's per-connection frame limit for browsers.
             config.hub.frames_per_second = 1_000_000;

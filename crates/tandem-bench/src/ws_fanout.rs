@@ -477,9 +477,11 @@ impl Servers {
             let port = free_port()?;
             let log = dir.join(format!("tandem-{n}.log"));
             let mut command = tandem(&log)?;
+            // Fan-out alone: posted messages start no `reply` runs.
             command
                 .arg("serve")
-                .env("TANDEM_LISTEN", format!("127.0.0.1:{port}"));
+                .env("TANDEM_LISTEN", format!("127.0.0.1:{port}"))
+                .env("TANDEM_REPLY__ENABLED", "false");
             let child = command
                 .spawn()
                 .with_context(|| format!("spawning {} serve", bin.display()))?;

@@ -141,10 +141,9 @@ async fn run_server(mut config: Config) -> anyhow::Result<()> {
     }
     announce_ai(&config)?;
     let mut registry = Registry::new();
-    let loaded =
-        tandem_server::workflows::load_declarative(&store, &config.workflows, &mut registry)
-            .await
-            .context("loading the declarative workflows")?;
+    let loaded = tandem_server::workflows::load_declarative(&store, &config, &mut registry)
+        .await
+        .context("loading the declarative workflows")?;
     if loaded > 0 {
         tracing::info!(definitions = loaded, "workflows: definitions loaded");
     }

@@ -75,7 +75,8 @@ impl Default for AgentConfig {
 /// Where the AI's text goes while it is being written.
 pub trait ReplyEvents: Send + Sync + 'static {
     /// Text of the message `message_id` as it streams; a restart says that
-    /// what was streamed so far is void (the call is being retried).
+    /// what was streamed so far is void (the call is being retried, or the
+    /// run ended without publishing that message).
     fn delta(&self, thread_id: ThreadId, message_id: MessageId, delta: &Delta);
 }
 
@@ -179,6 +180,8 @@ impl Replier {
             snapshot: &snapshot,
             decisions: Vec::new(),
             usage: Usage::default(),
+            streamed: None,
+            answered: false,
         };
         if snapshot.superseded {
             run.decisions.push(Decision::rule(
@@ -278,6 +281,11 @@ struct Reply<'a> {
     snapshot: &'a Snapshot,
     decisions: Vec<Decision>,
     usage: Usage,
+    /// The id text was streamed under, if any.
+    streamed: Option<MessageId>,
+    /// A human answered the AI's question in this run: the reply carries
+    /// news, and is published as a follow-up.
+    answered: bool,
 }
 
 impl Reply<'_> {
@@ -288,6 +296,16 @@ impl Reply<'_> {
         message_id: Option<MessageId>,
         item_id: Option<InboxItemId>,
     ) -> ReplyOutcome {
+        // Text streamed for a reply that was not published (superseded,
+        // taken over, escalated) must not linger on the customer's screen.
+        if let Some(id) = self.streamed
+            && outcome != Ending::Replied
+        {
+            self.replier
+                .inner
+                .events
+                .delta(self.args.thread_id, id, &Delta::Restart);
+        }
         ReplyOutcome {
             outcome,
             responder,
@@ -307,6 +325,7 @@ impl Reply<'_> {
         // published as written streams.
         let stream = gate.is_none() && !policy.confidence.enabled;
         let reply_id = MessageId(self.ctx.uuid().await?);
+        self.streamed = stream.then_some(reply_id);
         // Turns of this run that are not messages of the thread: tool calls
         // refused with an error, for the model to correct.
         let mut local: Vec<ChatMessage> = Vec::new();
@@ -346,6 +365,15 @@ impl Reply<'_> {
             }
             if !completion.text.trim().is_empty() {
                 last_text = completion.text.clone();
+            }
+            // Text written alongside tool calls is not the reply: void what
+            // was streamed of it, so the customer's screen ends with the
+            // reply as stored.
+            if stream && !completion.text.is_empty() {
+                self.replier
+                    .inner
+                    .events
+                    .delta(self.args.thread_id, reply_id, &Delta::Restart);
             }
             if let Some(outcome) = self.tool_calls(&completion, &mut local, step).await? {
                 return Ok(outcome);
@@ -495,9 +523,10 @@ impl Reply<'_> {
             )
             .await?;
         let event = format!("inbox:{}", opened.item.id);
-        match self.ctx.wait_for_event(&event, None).await? {
-            Wakeup::Event(_) | Wakeup::TimedOut => Ok(()),
+        if let Wakeup::Event(_) = self.ctx.wait_for_event(&event, None).await? {
+            self.answered = true;
         }
+        Ok(())
     }
 
     /// The model's final text: checked for confidence, then held for
@@ -613,7 +642,17 @@ impl Reply<'_> {
         if let Some(why) = gate {
             return self.hold_for_approval(message, text, why).await;
         }
-        match self.ctx.post_reply("reply", message, self.args.seq).await? {
+        // A reply built on a human's answer still reaches a customer who
+        // wrote again meanwhile and was answered; any other reply gives way
+        // to the run of a newer customer message, which answers both.
+        let posted = if self.answered {
+            self.ctx
+                .post_follow_up("reply", message, self.args.seq)
+                .await?
+        } else {
+            self.ctx.post_reply("reply", message, self.args.seq).await?
+        };
+        match posted {
             Ok(posted) => Ok(self.end(Ending::Replied, Responder::Ai, Some(posted.id), None)),
             Err(tandem_store::SkipReason::NewerCustomerMessage) => {
                 Ok(self.end(Ending::Superseded, Responder::Ai, None, None))
@@ -671,10 +710,10 @@ impl Reply<'_> {
         })
     }
 
-    /// Opens an item for humans (assigning the thread to them), unless one
-    /// is open already.
+    /// Opens an item for humans (assigning the thread to them), unless the
+    /// thread is with humans and has an open item already.
     async fn hand_over(&mut self, handover: Handover) -> Result<ReplyOutcome, StepError> {
-        if self.snapshot.open_item.is_some() {
+        if self.snapshot.with_humans && self.snapshot.open_item.is_some() {
             let item = self.snapshot.open_item;
             return Ok(self.end(Ending::AlreadyWithHumans, Responder::Human, None, item));
         }

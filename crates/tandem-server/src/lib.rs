@@ -3,13 +3,16 @@
 //! - [`config`]: the one typed configuration (defaults, a TOML file, the environment).
 //! - [`app`]: builds the router from its parts and serves it on a listener until
 //!   a shutdown signal, finishing the requests in flight.
-//! - [`api`]: one module per resource (threads, messages, workflows, hooks) plus operations
-//!   (health, readiness, metrics, the OpenAPI document).
+//! - [`api`]: one module per resource (threads, messages, workflows, hooks,
+//!   inbox, routing) plus operations (health, readiness, metrics, the
+//!   OpenAPI document).
 //! - [`http`]: what every route shares: the error type and its one mapping to
 //!   HTTP, extractors that keep bad input in that format, authentication,
 //!   rate limits and request metrics.
 //! - [`hub`]: the WebSocket push hub: subscriptions, fan-out in `seq` order,
 //!   backpressure, and the signals that keep several processes in step.
+//! - [`replies`]: the `reply` run of each customer message, started once,
+//!   and the start-up sweep for messages whose run never started.
 //! - [`state`]: the small bundle of handles each request gets.
 //! - [`workflows`]: the workflow engine's signing secret, its declarative
 //!   definitions, and the notifier that pushes its changes to the hub.
@@ -19,6 +22,7 @@ pub mod app;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod replies;
 pub mod state;
 pub mod workflows;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tandem_store::{EffectOutput, MessageId, Store, StoreError, ThreadId, WorkflowRun};
 use tandem_workflows::{Notifier, Registry, Signer};
 
-use crate::config::{Config, WorkflowsConfig};
+use crate::config::Config;
 use crate::hub::Hub;
 
 /// The name of the generated signing secret in the store.
@@ -45,16 +45,37 @@ pub fn public_url(config: &Config) -> String {
 
 /// Adds the declarative workflows of `workflows.definitions_dir` to
 /// `registry` (with every older version still stored, for the runs pinned
-/// to them) and returns how many definitions were loaded.
+/// to them) and returns how many definitions were loaded. It runs before
+/// the [`AppState`](crate::state::AppState) exists, so it builds its own
+/// model client from `ai` for `llm` steps (none while the AI is off: a
+/// definition with an `llm` step then does not load); `ask_human` and
+/// `approval` steps speak as `agent.name`.
 pub async fn load_declarative(
     store: &Store,
-    config: &WorkflowsConfig,
+    config: &Config,
     registry: &mut Registry,
 ) -> Result<usize, tandem_workflows::DefinitionError> {
-    let Some(dir) = &config.definitions_dir else {
+    let Some(dir) = &config.workflows.definitions_dir else {
         return Ok(0);
     };
-    let loaded = tandem_workflows::load_definitions(store, dir, registry).await?;
+    // As the server's own client: a configuration the client refuses is
+    // reported and leaves the AI off (`tandem serve` refuses it first).
+    let llm = config
+        .ai
+        .enabled()
+        .then(|| tandem_llm::Llm::new(&config.ai))
+        .and_then(|client| {
+            client
+                .inspect_err(|error| {
+                    tracing::error!(%error, "workflows: the model endpoint is misconfigured; `llm` steps cannot run")
+                })
+                .ok()
+        });
+    let services = tandem_workflows::declarative::Services {
+        llm,
+        agent_name: config.agent.name.clone(),
+    };
+    let loaded = tandem_workflows::load_definitions(store, dir, registry, &services).await?;
     for definition in &loaded {
         tracing::info!(
             name = %definition.name,
@@ -74,6 +95,15 @@ impl Notifier for Hub {
         // it (the commit of its last step, or the cancel).
         if run.status.is_finished() {
             self.metrics().run_finished(&run.name, run.status.as_str());
+            if run.name == tandem_router::reply::WORKFLOW
+                && let Some(outcome) = run
+                    .result
+                    .as_ref()
+                    .and_then(|r| r.get("outcome"))
+                    .and_then(|o| o.as_str())
+            {
+                self.metrics().reply_finished(outcome);
+            }
         }
         self.publish_workflow(run);
     }

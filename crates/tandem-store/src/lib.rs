@@ -15,11 +15,16 @@
 //!   examples, LLM usage, server secrets, and the change signals server
 //!   processes send each other on PostgreSQL).
 //! - [`error`]: [`StoreError`], whose variants the server maps to HTTP.
+//! - `testing` (feature `test-support`, for test code): a fresh database per
+//!   test on the backend `TANDEM_TEST_DATABASE_URL` selects, shared by every
+//!   suite so that each runs on SQLite and PostgreSQL alike.
 
 pub mod backend;
 pub mod error;
 pub mod model;
 pub mod queries;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use backend::{DatabaseOptions, Store, Synchronous};
 pub use error::StoreError;

@@ -464,13 +464,34 @@ impl Context {
         message: NewMessage,
         after_seq: i64,
     ) -> Result<Result<Message, SkipReason>, StepError> {
-        let value = self
-            .effect(
-                "post_reply",
-                name,
-                StoreEffect::PostReply { message, after_seq },
-            )
-            .await?;
+        self.post_reply_with(name, message, after_seq, false).await
+    }
+
+    /// [`Context::post_reply`] for a follow-up: the AI's reply built on a
+    /// human's answer, posted after newer customer messages that were all
+    /// answered already (see [`StoreEffect::PostReply`]).
+    pub async fn post_follow_up(
+        &self,
+        name: &str,
+        message: NewMessage,
+        after_seq: i64,
+    ) -> Result<Result<Message, SkipReason>, StepError> {
+        self.post_reply_with(name, message, after_seq, true).await
+    }
+
+    async fn post_reply_with(
+        &self,
+        name: &str,
+        message: NewMessage,
+        after_seq: i64,
+        follow_up: bool,
+    ) -> Result<Result<Message, SkipReason>, StepError> {
+        let effect = StoreEffect::PostReply {
+            message,
+            after_seq,
+            follow_up,
+        };
+        let value = self.effect("post_reply", name, effect).await?;
         decode::<PostedReply>(name, Some(value)).map(Result::from)
     }
 

@@ -9,10 +9,8 @@ use axum::extract::State;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tandem_router::ReplyArgs;
 use tandem_store::{
-    Author, Content, IdempotencyKey, Message, MessageFilter, MessageId, MessageStatus, Role,
-    Visibility,
+    Author, Content, Message, MessageFilter, MessageId, MessageStatus, Role, Visibility,
 };
 
 use super::threads::ThreadPath;
@@ -81,7 +79,7 @@ async fn post_message(
             && message.role == Role::User
             && message.status == MessageStatus::Published
         {
-            start_reply(&engine, message).await;
+            crate::replies::start(&engine, message).await;
         }
         Ok::<_, tandem_store::StoreError>(written)
     })
@@ -91,33 +89,6 @@ async fn post_message(
         value: written.value.message,
         replayed: written.replayed,
     })
-}
-
-/// Starts the durable `reply` run of a customer message, once per message.
-async fn start_reply(engine: &tandem_workflows::Engine, message: &Message) {
-    let args = ReplyArgs {
-        thread_id: message.thread_id,
-        message_id: message.id,
-        seq: message.seq,
-    };
-    let key = IdempotencyKey {
-        scope: "reply".into(),
-        key: message.id.to_string(),
-        request_hash: String::new(),
-    };
-    let args = match serde_json::to_value(&args) {
-        Ok(args) => args,
-        Err(error) => {
-            tracing::error!(%error, "reply: arguments do not serialize");
-            return;
-        }
-    };
-    if let Err(error) = engine
-        .start_run(tandem_router::reply::WORKFLOW, args, Some(key))
-        .await
-    {
-        tracing::error!(%error, message = %message.id, "reply: starting the run failed");
-    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

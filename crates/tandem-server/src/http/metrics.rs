@@ -49,6 +49,12 @@ pub struct Metrics {
     ws_connections: Gauge,
     ws_closed: Family<ReasonLabels, Counter>,
     runs_finished: Family<RunLabels, Counter>,
+    replies: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -118,9 +124,18 @@ impl Metrics {
              (completed, failed, cancelled)",
             runs_finished.clone(),
         );
+        let replies = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "replies",
+            "Customer messages answered by the reply path on this process, by outcome \
+             (replied, approved, rejected, handed_over, already_with_humans, superseded, \
+             taken_over)",
+            replies.clone(),
+        );
         Self {
             registry,
             runs_finished,
+            replies,
             requests,
             latency,
             rate_limited,
@@ -142,6 +157,15 @@ impl Metrics {
     /// `too_big`, `shutdown`.
     pub fn ws_closed(&self, reason: &'static str) {
         self.ws_closed.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// A `reply` run ended with `outcome`.
+    pub fn reply_finished(&self, outcome: &str) {
+        self.replies
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// A run ended (`completed`, `failed` or `cancelled`) by this process.

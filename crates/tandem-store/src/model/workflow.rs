@@ -156,6 +156,12 @@ pub enum StoreEffect {
         message: super::NewMessage,
         /// The seq of the newest customer message the reply answers.
         after_seq: i64,
+        /// A follow-up (the AI's reply built on a human's answer to its
+        /// question) is posted even after newer customer messages, as long
+        /// as each of them was answered already: what it carries is new to
+        /// the customer. A newer message still unanswered skips it, since
+        /// that message's own reply will carry the answer.
+        follow_up: bool,
     },
 }
 

@@ -48,6 +48,32 @@ impl Store {
         .await
     }
 
+    /// Marks an item `expired` if it is still `open` or `claimed`, in one
+    /// statement, so that a resolution committed at the same moment wins.
+    /// The item when it was expired; none when it was already resolved (or
+    /// does not exist).
+    pub async fn expire_inbox_item(
+        &self,
+        id: InboxItemId,
+    ) -> Result<Option<InboxItem>, StoreError> {
+        const SQL: &str = concat!(
+            "UPDATE inbox_items SET status = 'expired', updated_at = $2
+             WHERE id = $1 AND status IN ('open', 'claimed') RETURNING ",
+            inbox_columns!()
+        );
+        let now = super::now();
+        self.write(job(move |mut tx| {
+            Box::pin(async move {
+                Ok(on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
+                    .bind(id)
+                    .bind(now)
+                    .fetch_optional(c)
+                    .await)?)
+            })
+        }))
+        .await
+    }
+
     /// Moves an item to `status`, claimed by `claimed_by` (or by nobody).
     pub async fn set_inbox_item_status(
         &self,

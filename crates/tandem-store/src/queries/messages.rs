@@ -419,3 +419,43 @@ async fn answer_tool_call(
         }
     }
 }
+
+impl Store {
+    /// Published customer messages since `since` (at most `limit`, oldest
+    /// first) that have no idempotency record under `scope` keyed by their
+    /// id: messages whose follow-up (a `reply` run, started with that key)
+    /// was never created, because the process died between the two.
+    pub async fn customer_messages_without(
+        &self,
+        scope: &str,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        const MESSAGES: &str = concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE role = 'user' AND status = 'published' AND created_at >= $1
+              ORDER BY created_at, id LIMIT $2"
+        );
+        const KEYS: &str = "SELECT key FROM idempotency_keys WHERE scope = $1 AND created_at >= $2";
+        let rows: Vec<MessageRow> = on_pool!(self, p => sqlx::query_as(MESSAGES)
+            .bind(since)
+            .bind(i64::from(limit))
+            .fetch_all(p)
+            .await)?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = on_pool!(self, p => sqlx::query_scalar(KEYS)
+            .bind(scope)
+            .bind(since)
+            .fetch_all(p)
+            .await)?;
+        let keys: std::collections::HashSet<String> = keys.into_iter().collect();
+        Ok(rows
+            .into_iter()
+            .map(Message::from)
+            .filter(|m| !keys.contains(&m.id.to_string()))
+            .collect())
+    }
+}

@@ -96,6 +96,7 @@ async fn a_reply_is_posted_when_nothing_newer_came_and_the_ai_still_answers() {
                     ..ai_reply(thread.id, "It arrives Tuesday.")
                 },
                 after_seq: asked,
+                follow_up: false,
             },
         )
         .await
@@ -127,6 +128,7 @@ async fn a_reply_is_skipped_when_the_customer_wrote_again() {
             StoreEffect::PostReply {
                 message: ai_reply(thread.id, "It arrives Tuesday."),
                 after_seq: asked,
+                follow_up: false,
             },
         )
         .await
@@ -171,6 +173,7 @@ async fn a_reply_is_skipped_when_the_thread_went_to_humans_and_never_posted_twic
     let reply = StoreEffect::PostReply {
         message: ai_reply(thread.id, "I can help!"),
         after_seq: asked,
+        follow_up: false,
     };
     let committed = run
         .effect(1, "post_reply", reply.clone())
@@ -201,6 +204,7 @@ async fn a_reply_is_skipped_when_the_thread_went_to_humans_and_never_posted_twic
             StoreEffect::PostReply {
                 message: ai_reply(other.id, "I can help!"),
                 after_seq: 0,
+                follow_up: false,
             },
         )
         .await;
@@ -225,6 +229,7 @@ async fn a_reply_step_commits_once_even_when_committed_again() {
     let reply = StoreEffect::PostReply {
         message: ai_reply(thread.id, "Hello!"),
         after_seq: asked,
+        follow_up: false,
     };
     run.effect(0, "post_reply", reply.clone())
         .await
@@ -256,6 +261,7 @@ async fn a_reply_racing_a_customer_message_never_lands_after_it() {
             StoreEffect::PostReply {
                 message: ai_reply(thread.id, "Hello!"),
                 after_seq: asked,
+                follow_up: false,
             },
         );
         let (reply, _) = tokio::join!(reply, t.customer_says(thread.id, "Anyone?"));

@@ -1,70 +1,31 @@
-//! A fresh store per test: a SQLite file in a temporary directory, or (with
-//! `TANDEM_TEST_DATABASE_URL`) a schema of its own on that PostgreSQL
-//! server. When the variable is set and the server cannot be reached, the
-//! test fails: it never falls back.
+//! A fresh store per test, on the backend `TANDEM_TEST_DATABASE_URL`
+//! selects ([`TestDatabase`]).
 
 use chrono::Utc;
 use serde_json::json;
-use sqlx::Connection;
+use tandem_store::testing::TestDatabase;
 use tandem_store::{
-    Author, AuthorKind, Content, DatabaseOptions, JournalWrite, Lease, MessageStatus, NewMessage,
-    NewRun, NewThread, Role, StepCommit, StepStatus, Store, StoreEffect, StoreError, Thread,
-    ThreadId, Visibility, micros,
+    Author, AuthorKind, Content, JournalWrite, Lease, MessageStatus, NewMessage, NewRun, NewThread,
+    Role, StepCommit, StepStatus, Store, StoreEffect, StoreError, Thread, ThreadId, Visibility,
+    micros,
 };
 
 pub struct TestStore {
     pub store: Store,
-    _dir: Option<tempfile::TempDir>,
-    schema: Option<(String, String)>,
+    db: TestDatabase,
 }
 
 impl TestStore {
     pub async fn fresh() -> Self {
-        let mut options = DatabaseOptions::default();
-        let (dir, schema) = match std::env::var("TANDEM_TEST_DATABASE_URL") {
-            Ok(url) if !url.is_empty() => {
-                let name = format!(
-                    "tandem_test_{}_{}",
-                    Utc::now().timestamp(),
-                    uuid::Uuid::new_v4().simple()
-                );
-                let mut conn = sqlx::PgConnection::connect(&url)
-                    .await
-                    .expect("TANDEM_TEST_DATABASE_URL is set but PostgreSQL is unreachable");
-                sqlx::query(&format!("CREATE SCHEMA {name}"))
-                    .execute(&mut conn)
-                    .await
-                    .expect("schema");
-                options.url = url.clone();
-                options.schema = Some(name.clone());
-                options.max_connections = 4;
-                (None, Some((url, name)))
-            }
-            _ => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                options.url = format!("sqlite://{}", dir.path().join("tandem.db").display());
-                options.max_connections = 4;
-                (Some(dir), None)
-            }
-        };
-        let store = Store::connect(&options).await.expect("connect");
+        let db = TestDatabase::fresh().await;
+        let store = Store::connect(&db.options()).await.expect("connect");
         store.migrate().await.expect("migrate");
-        Self {
-            store,
-            _dir: dir,
-            schema,
-        }
+        Self { store, db }
     }
 
     pub async fn finish(self) {
         self.store.close().await;
-        if let Some((url, schema)) = &self.schema
-            && let Ok(mut conn) = sqlx::PgConnection::connect(url).await
-        {
-            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                .execute(&mut conn)
-                .await;
-        }
+        self.db.drop().await;
     }
 
     pub async fn thread(&self) -> Thread {

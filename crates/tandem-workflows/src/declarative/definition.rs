@@ -101,9 +101,13 @@ pub enum Action {
     PostMessage(PostMessageStep),
     Assign(AssignStep),
     Branch(BranchStep),
+    Llm(LlmStep),
+    AskHuman(AskHumanStep),
+    Approval(ApprovalStep),
 }
 
-const KINDS: &str = "http, wait_event, sleep, post_message, assign, branch";
+const KINDS: &str =
+    "http, wait_event, sleep, post_message, assign, branch, llm, ask_human, approval";
 
 impl Action {
     pub fn kind(&self) -> &'static str {
@@ -114,6 +118,9 @@ impl Action {
             Self::PostMessage(_) => "post_message",
             Self::Assign(_) => "assign",
             Self::Branch(_) => "branch",
+            Self::Llm(_) => "llm",
+            Self::AskHuman(_) => "ask_human",
+            Self::Approval(_) => "approval",
         }
     }
 
@@ -125,9 +132,53 @@ impl Action {
             Self::WaitEvent(_) => Some(&["event", "timed_out"]),
             Self::Sleep(_) => Some(&["seconds"]),
             Self::Branch(_) => Some(&["value", "target"]),
+            Self::Llm(_) => Some(&["text", "json", "model", "usage", "latency_ms", "error"]),
+            Self::AskHuman(_) => Some(&["answer", "by", "item_id", "message_id", "timed_out"]),
+            Self::Approval(_) => Some(&[
+                "approved",
+                "resolution",
+                "text",
+                "review",
+                "by",
+                "message_id",
+                "draft_id",
+                "item_id",
+                "timed_out",
+            ]),
             Self::PostMessage(_) | Self::Assign(_) => None,
         }
     }
+
+    /// What `steps.<id>.json.<field>` may name.
+    fn json_shape(&self) -> JsonShape {
+        let Self::Llm(llm) = self else {
+            return JsonShape::Any;
+        };
+        let Some(schema) = &llm.schema else {
+            return JsonShape::None;
+        };
+        // An object that admits other properties may have any field.
+        let open = schema
+            .get("additionalProperties")
+            .is_some_and(|extra| extra != &Value::Bool(false));
+        match schema.get("properties").and_then(Value::as_object) {
+            Some(properties) if !open => {
+                JsonShape::Properties(properties.keys().cloned().collect())
+            }
+            _ => JsonShape::Any,
+        }
+    }
+}
+
+/// What the `json` of a step's result may hold, as far as references care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum JsonShape {
+    /// Not known (not an `llm` step, or an open schema).
+    Any,
+    /// An `llm` step without `schema`: its result has no `json`.
+    None,
+    /// The top-level properties of the step's schema.
+    Properties(Vec<String>),
 }
 
 impl Serialize for Step {
@@ -252,6 +303,88 @@ pub struct AssignStep {
     pub team: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// A model call: a completion, or a structured answer when `schema` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmStep {
+    /// The model; by default the server's reply model (`ai.reply_model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The system prompt, the call's first turn (a template).
+    pub system: String,
+    /// A template. Without `thread_id`, the user turn (required). With it,
+    /// an optional instruction sent as a system turn after the thread's
+    /// history: the customer's words reach the model only as user turns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// A template: the thread whose history goes into the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<String>,
+    /// The token budget of the system prompt and the history (only with
+    /// `thread_id`): the oldest turns are left out to fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_budget_tokens: Option<u32>,
+    /// A JSON Schema (an object): the answer must be JSON that fits it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Value>,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// The step to go to when the call fails (after its retries) or its
+    /// answer does not fit; without it the run fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_error: Option<String>,
+}
+
+/// The history budget of an `llm` step with a thread, by default.
+pub const DEFAULT_HISTORY_BUDGET_TOKENS: u32 = 8_000;
+
+/// A question for the support team, as a `question` inbox item; the run
+/// waits for the answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AskHumanStep {
+    /// A template: the thread the question is about.
+    pub thread_id: String,
+    /// A template: the question, as the support team reads it.
+    pub question: String,
+    /// A template: why the item is opened, shown in the inbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A template: the AI agent asking; by default the server's (`agent.name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// The step to go to when no answer came in time; without it the run
+    /// fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<String>,
+}
+
+/// A draft reply held for a person, as an `approval` inbox item; the run
+/// waits for the review. Approving publishes the draft (the inbox does).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalStep {
+    /// A template: the thread the reply is for.
+    pub thread_id: String,
+    /// A template: the draft reply.
+    pub text: String,
+    /// A template: why the draft needs a person, shown in the inbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A template: the AI agent the reply is from; by default the
+    /// server's (`agent.name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// The step to go to when no review came in time; without it the run
+    /// fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<String>,
 }
 
 /// A jump chosen by a value.
@@ -452,6 +585,9 @@ fn parse_step(value: Value) -> Result<Step, (Option<String>, String)> {
         "post_message" => Action::PostMessage(typed(fields)?),
         "assign" => Action::Assign(typed(fields)?),
         "branch" => Action::Branch(typed(fields)?),
+        "llm" => Action::Llm(typed(fields)?),
+        "ask_human" => Action::AskHuman(typed(fields)?),
+        "approval" => Action::Approval(typed(fields)?),
         other => {
             return Err((
                 Some("kind".into()),
@@ -541,6 +677,7 @@ fn validate(definition: &mut Definition, layout: &Layout, problems: &mut Problem
             place,
             kind: Some(step.action.kind()),
             fields: step.action.result_fields(),
+            json: step.action.json_shape(),
         });
     }
     for (id, place) in &layout.unparsed {
@@ -548,6 +685,7 @@ fn validate(definition: &mut Definition, layout: &Layout, problems: &mut Problem
             place: *place,
             kind: None,
             fields: None,
+            json: JsonShape::Any,
         });
     }
     let refs = RefCheck { shapes: &shapes };
@@ -603,24 +741,7 @@ fn validate(definition: &mut Definition, layout: &Layout, problems: &mut Problem
                         check(problems, &field, source);
                     }
                 }
-                let retry = &http.retry;
-                if !(1..=100).contains(&retry.max_attempts) {
-                    problems.add(Some(id), Some("retry.max_attempts"), "must be 1 to 100");
-                }
-                if !(retry.multiplier.is_finite() && retry.multiplier >= 1.0) {
-                    problems.add(Some(id), Some("retry.multiplier"), "must be at least 1");
-                }
-                for (field, ms) in [
-                    ("retry.initial_backoff_ms", retry.initial_backoff_ms),
-                    ("retry.max_backoff_ms", retry.max_backoff_ms),
-                ] {
-                    if ms > MAX_SECS * 1000 {
-                        problems.add(Some(id), Some(field), "at most ten years");
-                    }
-                }
-                if !(0.0..=1.0).contains(&retry.jitter) {
-                    problems.add(Some(id), Some("retry.jitter"), "must be 0 to 1");
-                }
+                check_retry(problems, id, &http.retry);
                 if !(1..=300_000).contains(&http.timeout_ms) {
                     problems.add(Some(id), Some("timeout_ms"), "must be 1 to 300000");
                 }
@@ -635,6 +756,102 @@ fn validate(definition: &mut Definition, layout: &Layout, problems: &mut Problem
                             format!("{bad} is not an HTTP status"),
                         );
                     }
+                }
+            }
+            Action::Llm(llm) => {
+                check(problems, "system", &llm.system);
+                if llm.system.trim().is_empty() {
+                    problems.add(Some(id), Some("system"), "must not be empty");
+                }
+                match &llm.prompt {
+                    Some(prompt) => {
+                        check(problems, "prompt", prompt);
+                        if prompt.trim().is_empty() {
+                            problems.add(Some(id), Some("prompt"), "must not be empty");
+                        }
+                    }
+                    None if llm.thread_id.is_none() => problems.add(
+                        Some(id),
+                        Some("prompt"),
+                        "is required without `thread_id`: it is the user turn",
+                    ),
+                    None => {}
+                }
+                if let Some(thread) = &llm.thread_id {
+                    check(problems, "thread_id", thread);
+                }
+                match llm.history_budget_tokens {
+                    Some(_) if llm.thread_id.is_none() => problems.add(
+                        Some(id),
+                        Some("history_budget_tokens"),
+                        "only a step with `thread_id` sends a history",
+                    ),
+                    Some(budget) if !(500..=200_000).contains(&budget) => problems.add(
+                        Some(id),
+                        Some("history_budget_tokens"),
+                        "must be 500 to 200000",
+                    ),
+                    _ => {}
+                }
+                if let Some(model) = &llm.model
+                    && (model.trim().is_empty()
+                        || model.len() > 128
+                        || model.chars().any(char::is_whitespace))
+                {
+                    problems.add(
+                        Some(id),
+                        Some("model"),
+                        format!("{model:?} must be a model name: 1 to 128 characters, no spaces"),
+                    );
+                }
+                if let Some(schema) = &llm.schema {
+                    check_schema(problems, id, schema);
+                }
+                check_retry(problems, id, &llm.retry);
+                if let Some(target) = &llm.on_error {
+                    jump(problems, id, "on_error", target);
+                }
+            }
+            Action::AskHuman(ask) => {
+                check(problems, "thread_id", &ask.thread_id);
+                check(problems, "question", &ask.question);
+                if ask.question.trim().is_empty() {
+                    problems.add(Some(id), Some("question"), "must not be empty");
+                }
+                for (field, value) in [("reason", &ask.reason), ("agent_name", &ask.agent_name)] {
+                    if let Some(value) = value {
+                        check(problems, field, value);
+                    }
+                }
+                check_agent_name(problems, id, ask.agent_name.as_deref());
+                check_deadline(problems, id, ask.timeout_secs, ask.on_timeout.as_deref());
+                if let Some(target) = &ask.on_timeout {
+                    jump(problems, id, "on_timeout", target);
+                }
+            }
+            Action::Approval(approval) => {
+                check(problems, "thread_id", &approval.thread_id);
+                check(problems, "text", &approval.text);
+                if approval.text.trim().is_empty() {
+                    problems.add(Some(id), Some("text"), "must not be empty");
+                }
+                for (field, value) in [
+                    ("reason", &approval.reason),
+                    ("agent_name", &approval.agent_name),
+                ] {
+                    if let Some(value) = value {
+                        check(problems, field, value);
+                    }
+                }
+                check_agent_name(problems, id, approval.agent_name.as_deref());
+                check_deadline(
+                    problems,
+                    id,
+                    approval.timeout_secs,
+                    approval.on_timeout.as_deref(),
+                );
+                if let Some(target) = &approval.on_timeout {
+                    jump(problems, id, "on_timeout", target);
                 }
             }
             Action::WaitEvent(wait) => {
@@ -746,6 +963,120 @@ fn validate(definition: &mut Definition, layout: &Layout, problems: &mut Problem
     }
 }
 
+fn check_retry(problems: &mut Problems<'_>, id: &str, retry: &RetryPolicy) {
+    if !(1..=100).contains(&retry.max_attempts) {
+        problems.add(Some(id), Some("retry.max_attempts"), "must be 1 to 100");
+    }
+    if !(retry.multiplier.is_finite() && retry.multiplier >= 1.0) {
+        problems.add(Some(id), Some("retry.multiplier"), "must be at least 1");
+    }
+    for (field, ms) in [
+        ("retry.initial_backoff_ms", retry.initial_backoff_ms),
+        ("retry.max_backoff_ms", retry.max_backoff_ms),
+    ] {
+        if ms > MAX_SECS * 1000 {
+            problems.add(Some(id), Some(field), "at most ten years");
+        }
+    }
+    if !(0.0..=1.0).contains(&retry.jitter) {
+        problems.add(Some(id), Some("retry.jitter"), "must be 0 to 1");
+    }
+}
+
+/// A literal `agent_name` must fit a message's; a template is checked when
+/// the step runs.
+fn check_agent_name(problems: &mut Problems<'_>, id: &str, name: Option<&str>) {
+    if let Some(name) = name
+        && (name.trim().is_empty() || name.chars().count() > 128)
+    {
+        problems.add(Some(id), Some("agent_name"), "must be 1 to 128 characters");
+    }
+}
+
+/// The deadline of a step that waits for a person.
+fn check_deadline(
+    problems: &mut Problems<'_>,
+    id: &str,
+    timeout_secs: Option<u64>,
+    on_timeout: Option<&str>,
+) {
+    if timeout_secs.is_some_and(|t| !(1..=MAX_SECS).contains(&t)) {
+        problems.add(
+            Some(id),
+            Some("timeout_secs"),
+            "must be 1 to 315360000 (ten years)",
+        );
+    }
+    if on_timeout.is_some() && timeout_secs.is_none() {
+        problems.add(
+            Some(id),
+            Some("on_timeout"),
+            "needs `timeout_secs`: without a deadline it never fires",
+        );
+    }
+}
+
+/// Structured output wants a JSON Schema whose root is an object (the
+/// providers' `response_format: json_schema` does).
+fn check_schema(problems: &mut Problems<'_>, id: &str, schema: &Value) {
+    let Some(object) = schema.as_object() else {
+        problems.add(
+            Some(id),
+            Some("schema"),
+            "must be a JSON Schema: a table/object",
+        );
+        return;
+    };
+    if object.get("type") != Some(&Value::String("object".into())) {
+        problems.add(
+            Some(id),
+            Some("schema.type"),
+            "must be \"object\": a structured answer is a JSON object",
+        );
+    }
+    if let Some(properties) = object.get("properties")
+        && !properties.is_object()
+    {
+        problems.add(
+            Some(id),
+            Some("schema.properties"),
+            "must be a table/object of property schemas",
+        );
+    }
+    if let Some(required) = object.get("required") {
+        let names: Option<Vec<&str>> = required
+            .as_array()
+            .and_then(|list| list.iter().map(Value::as_str).collect());
+        match names {
+            None => problems.add(
+                Some(id),
+                Some("schema.required"),
+                "must be a list of property names",
+            ),
+            Some(names) => {
+                let properties = object.get("properties").and_then(Value::as_object);
+                for name in names {
+                    if properties.is_some_and(|p| !p.contains_key(name)) {
+                        problems.add(
+                            Some(id),
+                            Some("schema.required"),
+                            format!("{name:?} is not one of `properties`"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// "a" or "an", as the kind's name is said.
+fn article(kind: &str) -> &'static str {
+    match kind {
+        "http" | "llm" | "assign" | "ask_human" | "approval" => "an",
+        _ => "a",
+    }
+}
+
 fn strip_braces(on: &str) -> &str {
     let trimmed = on.trim();
     trimmed
@@ -798,6 +1129,8 @@ struct Shape {
     kind: Option<&'static str>,
     /// See [`Action::result_fields`].
     fields: Option<&'static [&'static str]>,
+    /// See [`Action::json_shape`].
+    json: JsonShape,
 }
 
 /// Checks references against the steps they name.
@@ -879,15 +1212,31 @@ impl RefCheck<'_> {
                 if let (Some(first), Some(fields)) = (rest.first(), shape.fields)
                     && !fields.contains(&first.as_str())
                 {
+                    let kind = shape.kind.unwrap_or_default();
                     problem(format!(
-                        "a {} step's result has {}",
-                        shape.kind.unwrap_or_default(),
+                        "{} {kind} step's result has {}",
+                        article(kind),
                         fields
                             .iter()
                             .map(|f| format!("`{f}`"))
                             .collect::<Vec<_>>()
                             .join(", ")
                     ));
+                    return;
+                }
+                if rest.first().map(String::as_str) == Some("json") {
+                    match (&shape.json, rest.get(1)) {
+                        (JsonShape::None, _) => problem(format!(
+                            "step {target:?} has no `schema`, so its result has no `json` \
+                             (its answer is `text`)"
+                        )),
+                        (JsonShape::Properties(names), Some(field)) if !names.contains(field) => {
+                            problem(format!(
+                                "the `schema` of step {target:?} has no property {field:?}"
+                            ))
+                        }
+                        _ => {}
+                    }
                 }
             }
         }
@@ -914,6 +1263,14 @@ impl Definition {
     /// The place of the step with this id.
     pub fn position(&self, id: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.id == id)
+    }
+
+    /// The ids of its `llm` steps, which need a model endpoint.
+    pub fn llm_steps(&self) -> impl Iterator<Item = &str> {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s.action, Action::Llm(_)))
+            .map(|s| s.id.as_str())
     }
 }
 
@@ -1517,6 +1874,286 @@ seconds = 1
         has(&p, Some("b"), Some("id"), "same id");
         let text = p[0].to_string();
         assert!(text.starts_with("flow.toml: "), "{text}");
+    }
+
+    /// The three kinds that involve the AI and people, as a flow uses them.
+    const AI_FLOW: &str = r#"
+name = "flow"
+[[steps]]
+id = "draft"
+kind = "llm"
+system = "You write support replies."
+thread_id = "{{args.thread_id}}"
+prompt = "Draft the reply."
+schema = { type = "object", properties = { reply = { type = "string" } }, required = ["reply"] }
+on_error = "ask"
+[[steps]]
+id = "ask"
+kind = "ask_human"
+thread_id = "{{args.thread_id}}"
+question = "Can we refund {{args.order}}?"
+timeout_secs = 600
+on_timeout = "end"
+[[steps]]
+id = "review"
+kind = "approval"
+thread_id = "{{args.thread_id}}"
+text = "{{steps.draft.json.reply}} ({{steps.ask.answer}})"
+reason = "refunds need a person"
+[[steps]]
+id = "route"
+kind = "branch"
+on = "steps.review.approved"
+cases = { true = "end" }
+"#;
+
+    #[test]
+    fn llm_ask_human_and_approval_parse_with_their_defaults() {
+        let definition = ok(AI_FLOW);
+        let Action::Llm(llm) = &definition.steps[0].action else {
+            panic!("{definition:#?}");
+        };
+        assert_eq!(llm.model, None, "the server's reply model");
+        assert_eq!(llm.history_budget_tokens, None);
+        assert_eq!(llm.retry, RetryPolicy::default());
+        assert_eq!(llm.on_error.as_deref(), Some("ask"));
+        let Action::AskHuman(ask) = &definition.steps[1].action else {
+            panic!("{definition:#?}");
+        };
+        assert_eq!(ask.agent_name, None);
+        assert_eq!(ask.timeout_secs, Some(600));
+        let Action::Approval(approval) = &definition.steps[2].action else {
+            panic!("{definition:#?}");
+        };
+        assert_eq!(approval.reason.as_deref(), Some("refunds need a person"));
+        assert_eq!(definition.llm_steps().collect::<Vec<_>>(), ["draft"]);
+        let example = ok(include_str!(
+            "../../../../examples/workflows/ai-approval.toml"
+        ));
+        assert_eq!(example.llm_steps().collect::<Vec<_>>(), ["triage", "draft"]);
+
+        let canonical = definition.canonical_json();
+        let again = parse(&canonical, Format::Json, "stored").unwrap_or_else(|p| panic!("{p:#?}"));
+        assert_eq!(definition, again);
+        let value: Value = serde_json::from_str(&canonical).unwrap_or_default();
+        assert_eq!(value["steps"][0]["kind"], "llm");
+        assert_eq!(value["steps"][0]["retry"]["max_attempts"], json!(3));
+        assert_eq!(value["steps"][1]["kind"], "ask_human");
+        assert_eq!(value["steps"][2]["kind"], "approval");
+    }
+
+    #[test]
+    fn llm_steps_are_checked() {
+        let p = problems(&with_steps(
+            r#"
+[[steps]]
+id = "plain"
+kind = "llm"
+system = " "
+model = "gpt 4"
+history_budget_tokens = 1000
+retry = { max_attempts = 0 }
+on_error = "nowhere"
+[[steps]]
+id = "shaped"
+kind = "llm"
+system = "s"
+prompt = ""
+schema = { type = "array", properties = [], required = ["a", 3] }
+[[steps]]
+id = "untyped"
+kind = "llm"
+system = "s"
+thread_id = "{{args.thread_id}}"
+history_budget_tokens = 10
+schema = "an object, please"
+"#,
+        ));
+        has(&p, Some("plain"), Some("system"), "must not be empty");
+        has(
+            &p,
+            Some("plain"),
+            Some("prompt"),
+            "is required without `thread_id`",
+        );
+        has(&p, Some("plain"), Some("model"), "must be a model name");
+        has(
+            &p,
+            Some("plain"),
+            Some("history_budget_tokens"),
+            "only a step with `thread_id`",
+        );
+        has(&p, Some("plain"), Some("retry.max_attempts"), "1 to 100");
+        has(
+            &p,
+            Some("plain"),
+            Some("on_error"),
+            "unknown step \"nowhere\"",
+        );
+        has(&p, Some("shaped"), Some("prompt"), "must not be empty");
+        has(
+            &p,
+            Some("shaped"),
+            Some("schema.type"),
+            "must be \"object\"",
+        );
+        has(
+            &p,
+            Some("shaped"),
+            Some("schema.properties"),
+            "must be a table",
+        );
+        has(
+            &p,
+            Some("shaped"),
+            Some("schema.required"),
+            "a list of property names",
+        );
+        has(
+            &p,
+            Some("untyped"),
+            Some("history_budget_tokens"),
+            "must be 500 to 200000",
+        );
+        has(&p, Some("untyped"), Some("schema"), "must be a JSON Schema");
+        assert_eq!(p.len(), 12, "{p:#?}");
+
+        let p = problems(&with_steps(
+            "[[steps]]\nid = \"a\"\nkind = \"llm\"\nsystem = \"s\"\nprompt = \"p\"\nschema = { type = \"object\", properties = { x = {} }, required = [\"y\"] }\ntemperature = 0.2\n",
+        ));
+        has(
+            &p,
+            Some("a"),
+            Some("temperature"),
+            "unknown field `temperature`",
+        );
+        let p = problems(&with_steps(
+            "[[steps]]\nid = \"a\"\nkind = \"llm\"\nprompt = \"p\"\n",
+        ));
+        has(&p, Some("a"), None, "missing field `system`");
+    }
+
+    #[test]
+    fn references_into_an_llm_result_follow_its_schema() {
+        let step = |text: &str| {
+            format!(
+                r#"{AI_FLOW}
+[[steps]]
+id = "tell"
+kind = "post_message"
+thread_id = "{{{{args.thread_id}}}}"
+agent_name = "Bot"
+text = "{text}"
+"#
+            )
+        };
+        ok(&step(
+            "{{steps.draft.json.reply}} {{steps.draft.text}} {{steps.draft.usage.total_tokens}}",
+        ));
+        has(
+            &problems(&step("{{steps.draft.json.answer}}")),
+            Some("tell"),
+            Some("text"),
+            "the `schema` of step \"draft\" has no property \"answer\"",
+        );
+        has(
+            &problems(&step("{{steps.draft.reply}}")),
+            Some("tell"),
+            Some("text"),
+            "an llm step's result has `text`, `json`",
+        );
+        has(
+            &problems(&step("{{steps.review.approvd}}")),
+            Some("tell"),
+            Some("text"),
+            "an approval",
+        );
+        has(
+            &problems(&step("{{steps.ask.reply}}")),
+            Some("tell"),
+            Some("text"),
+            "`answer`, `by`, `item_id`",
+        );
+
+        // Without a schema there is no `json`; an open schema has any field.
+        let plain = AI_FLOW.replace(
+            "schema = { type = \"object\", properties = { reply = { type = \"string\" } }, required = [\"reply\"] }\n",
+            "",
+        );
+        has(
+            &problems(&plain),
+            Some("review"),
+            Some("text"),
+            "step \"draft\" has no `schema`, so its result has no `json`",
+        );
+        ok(&AI_FLOW
+            .replace(
+                "required = [\"reply\"] }",
+                "required = [\"reply\"], additionalProperties = true }",
+            )
+            .replace("json.reply", "json.anything"));
+    }
+
+    #[test]
+    fn ask_human_and_approval_are_checked() {
+        let p = problems(&with_steps(
+            r#"
+[[steps]]
+id = "ask"
+kind = "ask_human"
+thread_id = "{{args.thread_id}}"
+question = "  "
+agent_name = ""
+on_timeout = "review"
+[[steps]]
+id = "review"
+kind = "approval"
+thread_id = "{{steps.later.id}}"
+text = ""
+timeout_secs = 0
+on_timeout = "ghost"
+[[steps]]
+id = "later"
+kind = "sleep"
+seconds = 1
+"#,
+        ));
+        has(&p, Some("ask"), Some("question"), "must not be empty");
+        has(&p, Some("ask"), Some("agent_name"), "1 to 128 characters");
+        has(&p, Some("ask"), Some("on_timeout"), "needs `timeout_secs`");
+        has(&p, Some("review"), Some("text"), "must not be empty");
+        has(
+            &p,
+            Some("review"),
+            Some("timeout_secs"),
+            "must be 1 to 315360000",
+        );
+        has(
+            &p,
+            Some("review"),
+            Some("on_timeout"),
+            "unknown step \"ghost\"",
+        );
+        has(
+            &p,
+            Some("review"),
+            Some("thread_id"),
+            "step \"later\" does not come before this one",
+        );
+        assert_eq!(p.len(), 7, "{p:#?}");
+
+        let p = problems(&with_steps(
+            "[[steps]]\nid = \"ask\"\nkind = \"ask_human\"\nthread = \"{{args.t}}\"\nquestion = \"q\"\n",
+        ));
+        has(&p, Some("ask"), Some("thread"), "unknown field `thread`");
+        let p = problems(&with_steps(
+            "[[steps]]\nid = \"ask\"\nkind = \"ask_human\"\nthread_id = \"{{args.t}}\"\n",
+        ));
+        has(&p, Some("ask"), None, "missing field `question`");
+        let p = problems(&with_steps(
+            "[[steps]]\nid = \"review\"\nkind = \"approval\"\nthread_id = \"{{args.t}}\"\n",
+        ));
+        has(&p, Some("review"), None, "missing field `text`");
     }
 
     #[test]

@@ -14,11 +14,14 @@ use tandem_store::{
     Author, AuthorKind, Content, MessageStatus, NewAssignment, NewMessage, Role, ThreadId,
 };
 
+use super::Services;
 use super::definition::{
-    Action, AssignStep, Definition, END, HttpStep, PostMessageStep, Speaker, Step,
+    Action, ApprovalStep, AskHumanStep, AssignStep, DEFAULT_HISTORY_BUDGET_TOKENS, Definition, END,
+    HttpStep, LlmStep, PostMessageStep, Speaker, Step,
 };
-use super::http_step;
+use super::inbox_step::{self, Origin};
 use super::template::{Reference, Scope, Template, render_json, strings_in};
+use super::{http_step, llm_step};
 use crate::context::{Context, Wakeup};
 use crate::error::{ActionError, StepError};
 use crate::registry::{ArgsCheck, Handler};
@@ -28,11 +31,21 @@ use crate::registry::{ArgsCheck, Handler};
 pub const MAX_EXECUTED_STEPS: usize = 1000;
 
 /// The handler that runs `definition`.
-pub(crate) fn handler(definition: Arc<Definition>, client: reqwest::Client) -> Handler {
+pub(crate) fn handler(
+    definition: Arc<Definition>,
+    client: reqwest::Client,
+    services: Services,
+) -> Handler {
+    let services = Arc::new(services);
     Arc::new(move |ctx, args| {
         let definition = definition.clone();
         let client = client.clone();
-        Box::pin(async move { Walk::new(&definition, &ctx, &client, args).run().await })
+        let services = services.clone();
+        Box::pin(async move {
+            Walk::new(&definition, &ctx, &client, &services, args)
+                .run()
+                .await
+        })
     })
 }
 
@@ -74,6 +87,7 @@ struct Walk<'a> {
     definition: &'a Definition,
     ctx: &'a Context,
     client: &'a reqwest::Client,
+    services: &'a Services,
     args: Value,
     run: Value,
     /// Each step's latest result.
@@ -87,6 +101,7 @@ impl<'a> Walk<'a> {
         definition: &'a Definition,
         ctx: &'a Context,
         client: &'a reqwest::Client,
+        services: &'a Services,
         args: Value,
     ) -> Self {
         let (name, version) = ctx.workflow();
@@ -95,6 +110,7 @@ impl<'a> Walk<'a> {
             definition,
             ctx,
             client,
+            services,
             args,
             run,
             results: HashMap::new(),
@@ -199,6 +215,9 @@ impl<'a> Walk<'a> {
                 let result = json!({"value": value, "target": target});
                 Ok((result, target.map_or(Jump::Next, Jump::To)))
             }
+            Action::Llm(llm) => self.llm(id, llm).await,
+            Action::AskHuman(ask) => self.ask_human(id, ask).await,
+            Action::Approval(approval) => self.approval(id, approval).await,
         }
     }
 
@@ -296,10 +315,7 @@ impl<'a> Walk<'a> {
             return Err(failed(id, "`text` rendered empty"));
         }
         let agent = self.text(id, "agent_name", &post.agent_name).await?;
-        let (name, version) = self.ctx.workflow();
-        let workflow = json!({
-            "name": name, "version": version, "run_id": self.ctx.run_id(), "step": id,
-        });
+        let workflow = self.workflow_meta(id);
         // As the server marks messages posted as a named agent: people have
         // `provider: "human"`; an AI agent's provider here is the workflow.
         let (kind, metadata) = match post.author {
@@ -355,6 +371,227 @@ impl<'a> Walk<'a> {
         };
         let thread = self.ctx.assign(id, assignment).await?;
         serde_json::to_value(thread).map_err(|e| failed(id, e.to_string()))
+    }
+
+    /// A model call, journaled as the step; a failure (after the step's
+    /// retries) goes to `on_error` when there is one.
+    async fn llm(&mut self, id: &str, step: &LlmStep) -> Result<(Value, Jump), StepError> {
+        let system = self.text(id, "system", &step.system).await?;
+        let prompt = self
+            .optional_text(id, "prompt", step.prompt.as_ref())
+            .await?;
+        let thread = match &step.thread_id {
+            Some(source) => Some(self.thread_id(id, source).await?),
+            None => None,
+        };
+        let prompt = match (prompt, thread) {
+            (Some(prompt), None) if prompt.trim().is_empty() => {
+                return Err(failed(id, "`prompt` rendered empty"));
+            }
+            // An instruction that renders empty is no instruction.
+            (prompt, _) => prompt.filter(|p| !p.trim().is_empty()),
+        };
+        let llm = self.services.llm.as_ref();
+        let model = step
+            .model
+            .clone()
+            .or_else(|| llm.map(|l| l.config().reply_model.clone()))
+            .unwrap_or_default();
+        let request = llm_step::Request {
+            step: id.to_owned(),
+            run_id: self.ctx.run_id(),
+            model,
+            system,
+            prompt,
+            thread: thread.map(|thread_id| llm_step::History {
+                thread_id,
+                budget_tokens: step
+                    .history_budget_tokens
+                    .unwrap_or(DEFAULT_HISTORY_BUDGET_TOKENS)
+                    as usize,
+                ai_name: self.services.agent_name.clone(),
+            }),
+            schema: step.schema.clone(),
+        };
+        let store = &self.ctx.shared().core.store;
+        let outcome = self
+            .ctx
+            .run_with(id, &step.retry, |info| {
+                llm_step::call(llm, store, &request, info)
+            })
+            .await;
+        match (outcome, &step.on_error) {
+            (Ok(result), _) => Ok((result, Jump::Next)),
+            // The failure is journaled: a replay takes the same jump.
+            (Err(StepError::Failed { step: at, error }), Some(target)) if at == id => {
+                let result = json!({
+                    "error": {"message": error.message, "retryable": error.retryable},
+                });
+                Ok((result, Jump::To(target.clone())))
+            }
+            (Err(error), _) => Err(error),
+        }
+    }
+
+    /// A `question` item, then a durable wait for its answer.
+    async fn ask_human(
+        &mut self,
+        id: &str,
+        ask: &AskHumanStep,
+    ) -> Result<(Value, Jump), StepError> {
+        let thread_id = self.thread_id(id, &ask.thread_id).await?;
+        let question = self.text(id, "question", &ask.question).await?;
+        if question.trim().is_empty() {
+            return Err(failed(id, "`question` rendered empty"));
+        }
+        let reason = self
+            .optional_text(id, "reason", ask.reason.as_ref())
+            .await?
+            .unwrap_or_else(|| {
+                format!(
+                    "the workflow {:?} asks the support team",
+                    self.definition.name
+                )
+            });
+        let agent = self.agent_name(id, ask.agent_name.as_ref()).await?;
+        let origin = self.origin(id, thread_id, &agent, reason, ask.timeout_secs);
+        let opened = self
+            .ctx
+            .open_item(id, inbox_step::question(&origin, question))
+            .await?;
+        let payload = self
+            .wait_for_person(id, &opened, ask.timeout_secs, ask.on_timeout.is_some())
+            .await?;
+        let result = inbox_step::answered(&opened, payload.as_ref());
+        Ok(match (payload, &ask.on_timeout) {
+            (None, Some(target)) => (result, Jump::To(target.clone())),
+            _ => (result, Jump::Next),
+        })
+    }
+
+    /// A draft with an `approval` item, then a durable wait for the review.
+    async fn approval(
+        &mut self,
+        id: &str,
+        approval: &ApprovalStep,
+    ) -> Result<(Value, Jump), StepError> {
+        let thread_id = self.thread_id(id, &approval.thread_id).await?;
+        let text = self.text(id, "text", &approval.text).await?;
+        if text.trim().is_empty() {
+            return Err(failed(id, "`text` rendered empty"));
+        }
+        let reason = self
+            .optional_text(id, "reason", approval.reason.as_ref())
+            .await?
+            .unwrap_or_else(|| {
+                format!(
+                    "the workflow {:?} holds a draft for approval",
+                    self.definition.name
+                )
+            });
+        let agent = self.agent_name(id, approval.agent_name.as_ref()).await?;
+        let origin = self.origin(id, thread_id, &agent, reason, approval.timeout_secs);
+        let opened = self
+            .ctx
+            .open_item(id, inbox_step::approval(&origin, text.clone()))
+            .await?;
+        let payload = self
+            .wait_for_person(
+                id,
+                &opened,
+                approval.timeout_secs,
+                approval.on_timeout.is_some(),
+            )
+            .await?;
+        // The draft as journaled with its item.
+        let draft = opened.item.body.clone().unwrap_or(text);
+        let result = inbox_step::reviewed(&opened, &draft, payload.as_ref());
+        Ok(match (payload, &approval.on_timeout) {
+            (None, Some(target)) => (result, Jump::To(target.clone())),
+            _ => (result, Jump::Next),
+        })
+    }
+
+    /// Waits for the resolution of an item this step opened: its event's
+    /// payload, or none when the deadline passed (the item is then marked
+    /// `expired`, and without `on_timeout` the step fails).
+    async fn wait_for_person(
+        &mut self,
+        id: &str,
+        opened: &tandem_store::OpenedItem,
+        timeout_secs: Option<u64>,
+        on_timeout: bool,
+    ) -> Result<Option<Value>, StepError> {
+        let event = inbox_step::event(opened);
+        let timeout = timeout_secs.map(Duration::from_secs);
+        match self.ctx.wait_for_event(&event, timeout).await? {
+            Wakeup::Event(payload) => Ok(Some(payload)),
+            Wakeup::TimedOut => {
+                let store = &self.ctx.shared().core.store;
+                let item = opened.item.id;
+                self.ctx
+                    .run(id, |_| inbox_step::expire(store, item))
+                    .await?;
+                if on_timeout {
+                    Ok(None)
+                } else {
+                    Err(failed(
+                        id,
+                        format!(
+                            "inbox item {item} was not resolved within {} s (the step has no \
+                             `on_timeout`); it is expired",
+                            timeout_secs.unwrap_or_default()
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Where an item comes from: the thread, this run and step, the agent.
+    fn origin<'n>(
+        &self,
+        id: &str,
+        thread_id: ThreadId,
+        agent_name: &'n str,
+        reason: String,
+        timeout_secs: Option<u64>,
+    ) -> Origin<'n> {
+        // The item's deadline, for the inbox's order. Read from the clock
+        // and not journaled: only the first execution's item is stored.
+        let now = self.ctx.shared().core.clock.now();
+        let due_at = timeout_secs
+            .and_then(|secs| chrono::Duration::try_seconds(secs as i64))
+            .and_then(|wait| now.checked_add_signed(wait));
+        Origin {
+            thread_id,
+            run_id: self.ctx.run_id(),
+            agent_name,
+            workflow: self.workflow_meta(id),
+            reason: Some(reason),
+            due_at,
+        }
+    }
+
+    /// The AI agent a step speaks as: its `agent_name`, or the server's.
+    async fn agent_name(&mut self, id: &str, source: Option<&String>) -> Result<String, StepError> {
+        let name = self
+            .optional_text(id, "agent_name", source)
+            .await?
+            .unwrap_or_else(|| self.services.agent_name.clone());
+        if name.trim().is_empty() || name.chars().count() > 128 {
+            return Err(failed(
+                id,
+                format!("`agent_name`: {name:?} must be 1 to 128 characters"),
+            ));
+        }
+        Ok(name)
+    }
+
+    /// Names the workflow, version, run and step in a message's metadata.
+    fn workflow_meta(&self, id: &str) -> Value {
+        let (name, version) = self.ctx.workflow();
+        json!({"name": name, "version": version, "run_id": self.ctx.run_id(), "step": id})
     }
 
     async fn thread_id(&mut self, id: &str, source: &str) -> Result<ThreadId, StepError> {

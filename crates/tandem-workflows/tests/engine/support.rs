@@ -1,13 +1,13 @@
-//! A store and an engine on a manual clock, restartable, on SQLite or (with
-//! `TANDEM_TEST_DATABASE_URL`) PostgreSQL in a schema of its own.
+//! A store and an engine on a manual clock, restartable, on the backend
+//! `TANDEM_TEST_DATABASE_URL` selects ([`TestDatabase`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::Connection;
-use tandem_store::{DatabaseOptions, RunId, RunStatus, Store};
+use tandem_store::testing::TestDatabase;
+use tandem_store::{RunId, RunStatus, Store};
 use tandem_workflows::{
     Clock, Engine, EngineConfig, ManualClock, Registry, RunState, Signer, Silent,
 };
@@ -36,9 +36,7 @@ pub struct Harness {
     pub clock: Arc<ManualClock>,
     registry: Box<dyn Fn() -> Registry>,
     config: EngineConfig,
-    options: DatabaseOptions,
-    _dir: Option<tempfile::TempDir>,
-    schema: Option<(String, String)>,
+    db: TestDatabase,
 }
 
 impl Harness {
@@ -50,31 +48,7 @@ impl Harness {
         registry: impl Fn() -> Registry + 'static,
         configure: impl FnOnce(&mut EngineConfig),
     ) -> Self {
-        let mut options = DatabaseOptions::default();
-        let (dir, schema) = match std::env::var("TANDEM_TEST_DATABASE_URL") {
-            Ok(url) if !url.is_empty() => {
-                let name = format!(
-                    "tandem_test_{}_{}",
-                    Utc::now().timestamp(),
-                    uuid::Uuid::new_v4().simple()
-                );
-                let mut conn = sqlx::PgConnection::connect(&url).await.expect("PostgreSQL");
-                sqlx::query(&format!("CREATE SCHEMA {name}"))
-                    .execute(&mut conn)
-                    .await
-                    .expect("schema");
-                options.url = url.clone();
-                options.schema = Some(name.clone());
-                options.max_connections = 8;
-                (None, Some((url, name)))
-            }
-            _ => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                options.url = format!("sqlite://{}", dir.path().join("tandem.db").display());
-                options.max_connections = 4;
-                (Some(dir), None)
-            }
-        };
+        let db = TestDatabase::fresh().await;
         let mut config = EngineConfig {
             poll_interval_ms: 50,
             ..EngineConfig::default()
@@ -83,7 +57,7 @@ impl Harness {
         let clock = Arc::new(ManualClock::new(
             "2026-01-01T00:00:00Z".parse().expect("time"),
         ));
-        let store = Store::connect(&options).await.expect("connect");
+        let store = Store::connect(&db.options()).await.expect("connect");
         store.migrate().await.expect("migrate");
         let engine = new_engine(&store, registry(), &config, &clock);
         engine.start().await.expect("start");
@@ -93,19 +67,17 @@ impl Harness {
             clock,
             registry: Box::new(registry),
             config,
-            options,
-            _dir: dir,
-            schema,
+            db,
         }
     }
 
     pub fn is_postgres(&self) -> bool {
-        self.schema.is_some()
+        self.db.is_postgres()
     }
 
     /// Another process on the same database.
     pub async fn second_node(&self) -> Store {
-        Store::connect(&self.options).await.expect("connect")
+        Store::connect(&self.db.options()).await.expect("connect")
     }
 
     pub fn clock_now(&self) -> DateTime<Utc> {
@@ -120,7 +92,7 @@ impl Harness {
 
     /// A new process on the same database, with the registry built anew.
     pub async fn start_again(&mut self) {
-        self.store = Store::connect(&self.options).await.expect("connect");
+        self.store = Store::connect(&self.db.options()).await.expect("connect");
         self.engine = new_engine(&self.store, (self.registry)(), &self.config, &self.clock);
         self.engine.start().await.expect("start");
     }
@@ -165,13 +137,7 @@ impl Harness {
 
     pub async fn finish(mut self) {
         self.stop().await;
-        if let Some((url, schema)) = &self.schema
-            && let Ok(mut conn) = sqlx::PgConnection::connect(url).await
-        {
-            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                .execute(&mut conn)
-                .await;
-        }
+        self.db.drop().await;
     }
 }
 

@@ -20,12 +20,15 @@ use crate::config::Limits;
 use crate::http::{ApiError, Principal};
 
 /// Metadata keys only the server (or an admin) writes.
-const RESERVED_METADATA: [&str; 5] = [
+const RESERVED_METADATA: [&str; 8] = [
     "provider",
     "providerMetadata",
     "usage",
     "confidence",
     "routing",
+    "decisions",
+    "run_id",
+    "approval",
 ];
 
 const MAX_NAME_CHARS: usize = 128;

@@ -234,12 +234,14 @@ async fn apply_effect(
         StoreEffect::PostMessage(new) => EffectOutput::Message(insert_message(tx, new).await?),
         StoreEffect::Assign(assignment) => EffectOutput::Thread(assign_in(tx, assignment).await?),
         StoreEffect::OpenItem(open) => open_item(tx, open).await?,
-        StoreEffect::PostReply { message, after_seq } => {
-            match reply_skip_reason(tx, message.thread_id, after_seq).await? {
-                Some(reason) => EffectOutput::Skipped { reason },
-                None => EffectOutput::Message(insert_message(tx, message).await?),
-            }
-        }
+        StoreEffect::PostReply {
+            message,
+            after_seq,
+            follow_up,
+        } => match reply_skip_reason(tx, message.thread_id, after_seq, follow_up).await? {
+            Some(reason) => EffectOutput::Skipped { reason },
+            None => EffectOutput::Message(insert_message(tx, message).await?),
+        },
     };
     let value = output
         .journal_value()
@@ -295,6 +297,7 @@ async fn reply_skip_reason(
     tx: &mut Tx<'_>,
     thread_id: ThreadId,
     after_seq: i64,
+    follow_up: bool,
 ) -> Result<Option<SkipReason>, StoreError> {
     let assigned_to: Option<AssignedTo> = match tx {
         Tx::Postgres(c) => {
@@ -315,15 +318,34 @@ async fn reply_skip_reason(
         Some(AssignedTo::Human) => return Ok(Some(SkipReason::AssignedToHuman)),
         Some(_) => {}
     }
-    // A range scan of the (thread_id, seq) index.
-    let newer: Option<i64> = on_conn!(tx, c => sqlx::query_scalar(
-        "SELECT seq FROM messages WHERE thread_id = $1 AND seq > $2 AND role = 'user' LIMIT 1",
+    // Range scans of the (thread_id, seq) index.
+    let newest_customer: Option<i64> = on_conn!(tx, c => sqlx::query_scalar(
+        "SELECT MAX(seq) FROM messages WHERE thread_id = $1 AND seq > $2 AND role = 'user'",
     )
     .bind(thread_id)
     .bind(after_seq)
+    .fetch_one(c)
+    .await)?;
+    let Some(newest_customer) = newest_customer else {
+        return Ok(None);
+    };
+    if !follow_up {
+        return Ok(Some(SkipReason::NewerCustomerMessage));
+    }
+    // Answered: a public reply (the AI's or a human's) came after it.
+    let answered: Option<i64> = on_conn!(tx, c => sqlx::query_scalar(
+        "SELECT seq FROM messages
+         WHERE thread_id = $1 AND seq > $2 AND role = 'assistant'
+           AND visibility = 'public' AND status = 'published'
+         LIMIT 1",
+    )
+    .bind(thread_id)
+    .bind(newest_customer)
     .fetch_optional(c)
     .await)?;
-    Ok(newer.map(|_| SkipReason::NewerCustomerMessage))
+    Ok(answered
+        .is_none()
+        .then_some(SkipReason::NewerCustomerMessage))
 }
 
 /// Assigns a thread and records the change in its history.

@@ -1,15 +1,11 @@
-//! Declarative workflows on a real engine: SQLite in a temp dir, a manual
-//! clock, and a small HTTP server on loopback standing in for the system
-//! the refund example calls (the "payments system").
-//!
-//! The refund flow is `examples/workflows/refund.toml` itself, with its URL
-//! pointed at the test server.
+//! The refund example, `examples/workflows/refund.toml` itself, with its
+//! URL pointed at a small HTTP server on loopback standing in for the
+//! system it calls (the "payments system"); and what any definition does:
+//! loops, versions, loading.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -20,18 +16,17 @@ use axum::routing::post;
 use chrono::Utc;
 use serde_json::{Value, json};
 use tandem_store::{
-    AssignedTo, AuthorKind, Content, DatabaseOptions, EventSource, Message, MessageFilter,
-    NewThread, RunId, RunStatus, StepStatus, Store, Synchronous, ThreadId, Visibility,
+    AssignedTo, AuthorKind, EventSource, RunId, RunStatus, StepStatus, ThreadId, Visibility,
 };
-use tandem_workflows::declarative::{DefinitionError, MAX_EXECUTED_STEPS};
+use tandem_workflows::declarative::{DefinitionError, MAX_EXECUTED_STEPS, Services};
 use tandem_workflows::engine::RunState;
-use tandem_workflows::{
-    Clock, Engine, EngineConfig, ManualClock, Registry, Signer, Silent, load_definitions,
-};
+use tandem_workflows::{Clock, Registry, Signer, load_definitions};
+use tokio_util::task::AbortOnDropHandle;
 
-const EXAMPLE: &str = include_str!("../../../examples/workflows/refund.toml");
+use crate::support::{self, PUBLIC_URL, assert_mentions, journal, step, text};
+
+const EXAMPLE: &str = include_str!("../../../../examples/workflows/refund.toml");
 const EXAMPLE_URL: &str = "https://payments.example.com/v1/refund-requests";
-const PUBLIC_URL: &str = "http://tandem.test";
 
 /// One request the payments system received.
 #[derive(Debug, Clone)]
@@ -85,36 +80,19 @@ async fn refund_requests(
     }
 }
 
-struct Harness {
-    dir: tempfile::TempDir,
-    store: Store,
-    engine: Engine,
-    clock: Arc<ManualClock>,
-    signer: Signer,
+/// The payments system, stopped when the test ends, passed or not.
+struct Remote {
     payments: Arc<Payments>,
-    server: tokio::task::JoinHandle<()>,
+    _server: AbortOnDropHandle<()>,
 }
 
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
+type Harness = support::Harness<Remote>;
 
 impl Harness {
     /// A store, the payments system answering `answers` first, the refund
-    /// example (plus `extra` files) loaded, and a started engine.
+    /// example (plus `extra` files, `{base_url}` its address) loaded, and a
+    /// started engine.
     async fn start(answers: &[u16], extra: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let options = DatabaseOptions {
-            url: format!("sqlite://{}", dir.path().join("tandem.db").display()),
-            // No fsync per commit: these tests do not survive power losses.
-            synchronous: Synchronous::Normal,
-            ..DatabaseOptions::default()
-        };
-        let store = Store::connect(&options).await.expect("connect");
-        store.migrate().await.expect("migrate");
-
         let payments = Arc::new(Payments::default());
         payments
             .answers
@@ -128,85 +106,30 @@ impl Harness {
             .await
             .expect("bind");
         let base_url = format!("http://{}", listener.local_addr().expect("address"));
-        let server = tokio::spawn(async move {
+        let server = AbortOnDropHandle::new(tokio::spawn(async move {
             axum::serve(listener, app).await.expect("serve");
-        });
+        }));
 
-        std::fs::create_dir(dir.path().join("workflows")).expect("write the definitions");
         let refund = EXAMPLE.replace(EXAMPLE_URL, &format!("{base_url}/v1/refund-requests"));
         assert_ne!(refund, EXAMPLE, "the example calls {EXAMPLE_URL}");
-        std::fs::write(dir.path().join("workflows/refund.toml"), refund)
-            .expect("write the definitions");
-        for (name, source) in extra {
-            let source = source.replace("{base_url}", &base_url);
-            std::fs::write(dir.path().join("workflows").join(name), source)
-                .expect("write the definitions");
-        }
-
-        let clock = Arc::new(ManualClock::new(Utc::now()));
-        let signer = Signer::new("test-secret", PUBLIC_URL, Duration::from_secs(300));
-        let engine = engine(&store, &dir.path().join("workflows"), &clock, &signer).await;
-        Self {
-            dir,
-            store,
-            engine,
-            clock,
-            signer,
+        let mut files = vec![("refund.toml", refund)];
+        files.extend(
+            extra
+                .iter()
+                .map(|(name, source)| (*name, source.replace("{base_url}", &base_url))),
+        );
+        let remote = Remote {
             payments,
-            server,
-        }
-    }
-
-    fn definitions(&self) -> PathBuf {
-        self.dir.path().join("workflows")
-    }
-
-    /// Stops the engine and starts another on the same store, with the
-    /// definitions loaded afresh: what a server restart does.
-    async fn restart(&mut self) {
-        self.engine.shutdown().await;
-        self.engine = engine(&self.store, &self.definitions(), &self.clock, &self.signer).await;
-    }
-
-    async fn thread(&self) -> ThreadId {
-        let new = NewThread {
-            customer_id: "cust-1".into(),
-            title: None,
-            metadata: json!({}),
+            _server: server,
         };
-        self.store
-            .create_thread(new, None)
-            .await
-            .expect("create")
-            .value
-            .id
+        Self::launch(&files, Services::default(), remote).await
     }
 
-    async fn start_refund(&self, thread: ThreadId) -> RunId {
+    /// A new thread and a refund run for it.
+    async fn start_refund(&self) -> (ThreadId, RunId) {
+        let thread = self.thread().await;
         let args = json!({"thread_id": thread, "order_id": "A-1042", "amount": "49.90"});
-        self.engine
-            .start_run("refund", args, None)
-            .await
-            .expect("start the run")
-            .value
-            .id
-    }
-
-    async fn state(&self, run: RunId) -> RunState {
-        self.engine
-            .state(run)
-            .await
-            .expect("store")
-            .expect("the run exists")
-    }
-
-    /// Polls the run until `done` holds of it.
-    async fn until(&self, run: RunId, what: &str, done: impl Fn(&RunState) -> bool) -> RunState {
-        eventually(what, || async {
-            let state = self.state(run).await;
-            done(&state).then_some(state)
-        })
-        .await
+        (thread, self.start_run("refund", args).await)
     }
 
     async fn until_waiting_for_decision(&self, run: RunId) -> RunState {
@@ -217,11 +140,6 @@ impl Harness {
         .await
     }
 
-    async fn until_finished(&self, run: RunId) -> RunState {
-        self.until(run, "the run to finish", |s| s.run.status.is_finished())
-            .await
-    }
-
     async fn decide(&self, run: RunId, decision: Value) {
         self.engine
             .deliver_event(run, "manager_decision", decision, EventSource::Api, None)
@@ -229,86 +147,20 @@ impl Harness {
             .expect("deliver the decision");
     }
 
-    async fn messages(&self, thread: ThreadId) -> Vec<Message> {
-        let filter = MessageFilter {
-            after_seq: 0,
-            limit: 100,
-            customer_view: false,
-        };
-        self.store
-            .list_messages(thread, &filter)
-            .await
-            .expect("store")
-    }
-
     fn received(&self) -> Vec<Received> {
-        self.payments.received.lock().expect("not poisoned").clone()
+        self.remote
+            .payments
+            .received
+            .lock()
+            .expect("not poisoned")
+            .clone()
     }
-}
-
-async fn engine(store: &Store, dir: &Path, clock: &Arc<ManualClock>, signer: &Signer) -> Engine {
-    let mut registry = Registry::new();
-    load_definitions(store, dir, &mut registry)
-        .await
-        .expect("store");
-    let engine = Engine::new(
-        store.clone(),
-        registry,
-        &EngineConfig::default(),
-        clock.clone(),
-        Arc::new(Silent),
-        signer.clone(),
-    );
-    engine.start().await.expect("start the engine");
-    engine
-}
-
-/// Polls `check` every 10 ms until it returns a value, for at most 10 s.
-async fn eventually<T, F, Fut>(what: &str, check: F) -> T
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn text(message: &Message) -> &str {
-    match &message.content {
-        Content::Text(text) => text,
-        Content::Parts(_) => "",
-    }
-}
-
-/// The journal as `(kind, name, status, attempts)`.
-fn journal(state: &RunState) -> Vec<(String, String, StepStatus, i64)> {
-    state
-        .journal
-        .iter()
-        .map(|e| (e.kind.clone(), e.name.clone(), e.status, e.attempts))
-        .collect()
-}
-
-fn step(
-    kind: &str,
-    name: &str,
-    status: StepStatus,
-    attempts: i64,
-) -> (String, String, StepStatus, i64) {
-    (kind.into(), name.into(), status, attempts)
 }
 
 #[tokio::test]
 async fn approval_by_event_tells_the_customer_and_the_request_is_signed() {
     let mut h = Harness::start(&[], &[]).await;
-    let thread = h.thread().await;
-    let run = h.start_refund(thread).await;
+    let (thread, run) = h.start_refund().await;
     let state = h.until_waiting_for_decision(run).await;
     assert_eq!(
         journal(&state),
@@ -378,7 +230,7 @@ async fn approval_by_event_tells_the_customer_and_the_request_is_signed() {
         )
         .unwrap();
 
-    let messages = h.messages(thread).await;
+    let messages = h.messages(thread, false).await;
     assert_eq!(messages.len(), 1);
     assert!(
         text(&messages[0]).contains("(reference R-7)"),
@@ -390,13 +242,7 @@ async fn approval_by_event_tells_the_customer_and_the_request_is_signed() {
     // journal on the new engine and does not call the payments system again.
     h.restart().await;
     h.decide(run, json!({"approved": true})).await;
-    let state = h.until_finished(run).await;
-    assert_eq!(
-        state.run.status,
-        RunStatus::Completed,
-        "{:?}",
-        state.run.error
-    );
+    let state = h.until_completed(run).await;
     assert_eq!(
         state.run.result,
         Some(json!({"reference": "R-7", "run": run.to_string()}))
@@ -407,7 +253,7 @@ async fn approval_by_event_tells_the_customer_and_the_request_is_signed() {
         "the request is not sent again on replay"
     );
 
-    let messages = h.messages(thread).await;
+    let messages = h.messages(thread, false).await;
     assert_eq!(messages.len(), 2);
     let approved = &messages[1];
     assert!(text(approved).starts_with("Good news: your refund of 49.90 for order A-1042"));
@@ -420,28 +266,21 @@ async fn approval_by_event_tells_the_customer_and_the_request_is_signed() {
         approved.metadata["providerMetadata"]["workflow"]["step"],
         "approved"
     );
-    let thread = h.store.get_thread(thread, None).await.unwrap().unwrap();
-    assert_eq!(thread.assigned_to, AssignedTo::Unassigned);
+    assert_eq!(h.assigned_to(thread).await, AssignedTo::Unassigned);
+    h.finish().await;
 }
 
 #[tokio::test]
 async fn rejection_leaves_an_internal_note_and_hands_over_to_billing() {
     let h = Harness::start(&[], &[]).await;
-    let thread = h.thread().await;
-    let run = h.start_refund(thread).await;
+    let (thread, run) = h.start_refund().await;
     h.until_waiting_for_decision(run).await;
     h.decide(
         run,
         json!({"approved": false, "reason": "outside the return window"}),
     )
     .await;
-    let state = h.until_finished(run).await;
-    assert_eq!(
-        state.run.status,
-        RunStatus::Completed,
-        "{:?}",
-        state.run.error
-    );
+    let state = h.until_completed(run).await;
     let names: Vec<&str> = state.journal.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(
         names,
@@ -455,33 +294,26 @@ async fn rejection_leaves_an_internal_note_and_hands_over_to_billing() {
         ]
     );
 
-    let messages = h.messages(thread).await;
+    let messages = h.messages(thread, false).await;
     assert_eq!(messages.len(), 2);
     assert_eq!(messages[1].visibility, Visibility::Internal);
     assert_eq!(
         text(&messages[1]),
         "Refund for order A-1042 rejected by the manager: outside the return window"
     );
-    let thread = h.store.get_thread(thread, None).await.unwrap().unwrap();
-    assert_eq!(thread.assigned_to, AssignedTo::Human);
+    assert_eq!(h.assigned_to(thread).await, AssignedTo::Human);
+    h.finish().await;
 }
 
 #[tokio::test]
 async fn no_decision_before_the_deadline_hands_over_to_billing() {
     let h = Harness::start(&[], &[]).await;
-    let thread = h.thread().await;
-    let run = h.start_refund(thread).await;
+    let (thread, run) = h.start_refund().await;
     h.until_waiting_for_decision(run).await;
 
     h.clock.advance(Duration::from_secs(172_800 + 1));
     h.engine.wake();
-    let state = h.until_finished(run).await;
-    assert_eq!(
-        state.run.status,
-        RunStatus::Completed,
-        "{:?}",
-        state.run.error
-    );
+    let state = h.until_completed(run).await;
     assert_eq!(
         journal(&state)[3..],
         [
@@ -491,19 +323,18 @@ async fn no_decision_before_the_deadline_hands_over_to_billing() {
     );
     assert_eq!(state.journal[3].output, Some(json!({"timeout": true})));
     assert_eq!(
-        h.messages(thread).await.len(),
+        h.messages(thread, false).await.len(),
         1,
         "only the acknowledgement"
     );
-    let thread = h.store.get_thread(thread, None).await.unwrap().unwrap();
-    assert_eq!(thread.assigned_to, AssignedTo::Human);
+    assert_eq!(h.assigned_to(thread).await, AssignedTo::Human);
+    h.finish().await;
 }
 
 #[tokio::test]
 async fn a_503_is_retried_with_the_same_idempotency_key() {
     let h = Harness::start(&[503], &[]).await;
-    let thread = h.thread().await;
-    let run = h.start_refund(thread).await;
+    let (_, run) = h.start_refund().await;
     let state = h
         .until(run, "the request to wait for its retry", |s| {
             s.journal
@@ -514,10 +345,7 @@ async fn a_503_is_retried_with_the_same_idempotency_key() {
         .await;
     let error = state.journal[1].error.clone().unwrap();
     assert_eq!(error["retryable"], true);
-    assert!(
-        error["message"].as_str().unwrap().contains("answered 503"),
-        "{error}"
-    );
+    assert_mentions(&error, "answered 503");
     assert_eq!(h.received().len(), 1);
 
     // The backoff is a durable timer on the workflow clock.
@@ -538,32 +366,26 @@ async fn a_503_is_retried_with_the_same_idempotency_key() {
         received[0].body, received[1].body,
         "the same request each attempt"
     );
+    h.finish().await;
 }
 
 #[tokio::test]
 async fn a_400_fails_the_run_without_retrying() {
     let h = Harness::start(&[400], &[]).await;
-    let thread = h.thread().await;
-    let run = h.start_refund(thread).await;
-    let state = h.until_finished(run).await;
-    assert_eq!(state.run.status, RunStatus::Failed);
+    let (thread, run) = h.start_refund().await;
+    let state = h.until_failed(run).await;
     let error = state.run.error.clone().unwrap();
     assert_eq!(error["code"], "step_failed");
     assert_eq!(error["step"], "request_refund");
     assert_eq!(error["retryable"], false);
-    assert!(
-        error["message"]
-            .as_str()
-            .unwrap()
-            .contains("answered 400: not now"),
-        "{error}"
-    );
+    assert_mentions(&error, "answered 400: not now");
     assert_eq!(
         journal(&state)[1..],
         [step("run", "request_refund", StepStatus::Failed, 1)]
     );
     assert_eq!(h.received().len(), 1);
-    assert!(h.messages(thread).await.is_empty());
+    assert!(h.messages(thread, false).await.is_empty());
+    h.finish().await;
 }
 
 #[tokio::test]
@@ -579,6 +401,7 @@ async fn arguments_are_checked_when_the_run_starts() {
         message.contains("missing required arguments: thread_id, amount"),
         "{message}"
     );
+    h.finish().await;
 }
 
 #[tokio::test]
@@ -605,8 +428,7 @@ default = "tick"
         .unwrap()
         .value
         .id;
-    let state = h.until_finished(run).await;
-    assert_eq!(state.run.status, RunStatus::Failed);
+    let state = h.until_failed(run).await;
     let error = state.run.error.clone().unwrap();
     assert_eq!(error["code"], "workflow_failed");
     let message = error["message"].as_str().unwrap();
@@ -617,6 +439,7 @@ default = "tick"
     assert!(message.contains("step \"tick\""), "{message}");
     assert_eq!(h.received().len(), MAX_EXECUTED_STEPS / 2);
     assert_eq!(state.journal.len(), MAX_EXECUTED_STEPS / 2);
+    h.finish().await;
 }
 
 /// A loop back to a step that hands out a resume URL gets a fresh one each
@@ -679,13 +502,7 @@ cases = { false = "ask" }
         .deliver_event(run, "answer", json!({"done": true}), EventSource::Api, None)
         .await
         .unwrap();
-    let state = h.until_finished(run).await;
-    assert_eq!(
-        state.run.status,
-        RunStatus::Completed,
-        "{:?}",
-        state.run.error
-    );
+    let state = h.until_completed(run).await;
     assert_eq!(
         state.run.result,
         Some(json!({"value": true, "target": null}))
@@ -702,6 +519,7 @@ cases = { false = "ask" }
         "{}",
         bodies[1]["url"]
     );
+    h.finish().await;
 }
 
 /// A run started on one version of a file finishes on that version after
@@ -771,20 +589,9 @@ text = "hello from v1"
             .deliver_event(run, "go", json!({}), EventSource::Api, None)
             .await
             .unwrap();
-        let state = h.until_finished(run).await;
-        assert_eq!(
-            state.run.status,
-            RunStatus::Completed,
-            "{:?}",
-            state.run.error
-        );
+        h.until_completed(run).await;
     }
-    let texts: Vec<String> = h
-        .messages(thread)
-        .await
-        .iter()
-        .map(|m| text(m).to_owned())
-        .collect();
+    let texts = h.texts(thread, false).await;
     assert_eq!(texts, ["hello from v1", "hello from v2"]);
 
     // The stored sources are the canonical JSON, one per version.
@@ -799,6 +606,7 @@ text = "hello from v1"
     assert_eq!(stored.len(), 2);
     assert_eq!(stored[0].1, old.version);
     assert!(stored[0].2.contains("hello from v1"));
+    h.finish().await;
 }
 
 #[tokio::test]
@@ -818,7 +626,7 @@ async fn loading_fails_with_every_problem_of_every_file() {
     std::fs::write(dir.join("notes.md"), "not a definition").unwrap();
 
     let mut registry = Registry::new();
-    let error = load_definitions(&h.store, &dir, &mut registry)
+    let error = load_definitions(&h.store, &dir, &mut registry, &Services::default())
         .await
         .unwrap_err();
     let DefinitionError::Invalid(problems) = &error else {
@@ -840,22 +648,29 @@ async fn loading_fails_with_every_problem_of_every_file() {
     );
     assert_eq!(registry.names().count(), 0, "nothing is registered");
 
-    let missing = load_definitions(&h.store, &dir.join("nope"), &mut registry).await;
+    let missing = load_definitions(
+        &h.store,
+        &dir.join("nope"),
+        &mut registry,
+        &Services::default(),
+    )
+    .await;
     assert!(matches!(missing, Err(DefinitionError::ReadDir { .. })));
 
     // The good ones load, and loading them twice saves each version once.
     std::fs::remove_file(dir.join("a.toml")).unwrap();
     std::fs::remove_file(dir.join("b.json")).unwrap();
     std::fs::remove_file(dir.join("c2.toml")).unwrap();
-    let loaded = load_definitions(&h.store, &dir, &mut Registry::new())
+    let loaded = load_definitions(&h.store, &dir, &mut Registry::new(), &Services::default())
         .await
         .unwrap();
     assert_eq!(loaded.len(), 1);
     assert_eq!((loaded[0].name.as_str(), loaded[0].steps), ("c", 1));
     assert_eq!(loaded[0].path, dir.join("c1.toml"));
-    load_definitions(&h.store, &dir, &mut Registry::new())
+    load_definitions(&h.store, &dir, &mut Registry::new(), &Services::default())
         .await
         .unwrap();
     let stored = h.store.definitions().await.unwrap();
     assert_eq!(stored.iter().filter(|(name, _, _)| name == "c").count(), 1);
+    h.finish().await;
 }
