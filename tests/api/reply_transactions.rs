@@ -245,13 +245,17 @@ const ACTIVITY: &str = "COALESCE(pid::text || ' ' || state || ' in a transaction
      xact_start::text || ', state since ' || state_change::text || ': ' || query, 'unknown')";
 
 /// The server's connections (`application_name` = its store's node) in a
-/// transaction begun before `before` (a PostgreSQL timestamp).
+/// transaction begun before `before` (a PostgreSQL timestamp). Connections
+/// reported `idle` are in no transaction of the client's: the hub's `LISTEN`
+/// connection shows a stale `xact_start` (its last statement's) for the
+/// instant PostgreSQL takes to read an incoming notification.
 async fn old_transactions(server: &TestServer, node: &str, before: &str) -> Vec<String> {
     server
         .db
         .query_strings(&format!(
             "SELECT {ACTIVITY} FROM pg_stat_activity \
-             WHERE application_name = '{node}' AND xact_start < '{before}'::timestamptz"
+             WHERE application_name = '{node}' AND state <> 'idle' \
+               AND xact_start < '{before}'::timestamptz"
         ))
         .await
 }

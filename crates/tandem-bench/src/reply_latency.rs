@@ -27,23 +27,31 @@
 //!   as Tandem's client sees it, loopback HTTP both ways included.
 //! - *added by Tandem*: end to end minus the model's p50 (at each
 //!   percentile).
-//! - *stages* (p50 and p90, per measured message), from wall-clock times
-//!   of this one process (server and clients) read back from
-//!   `GET /v1/workflows/{run}` after the level: post → `201`; post → run
-//!   created (the run's `created_at`); run created → `context` step done
-//!   (the run claimed, the thread, policy, history and inbox read); context
-//!   done → model request received (the context journaled durably, the
-//!   history read again, the prompt built and sent; the scripted server's
-//!   fallback is called once the request's body has arrived); model
-//!   request → `model:N` step done (the answer streamed back and parsed,
-//!   its usage recorded); model step done → `reply` step (stamped as the
-//!   reply's write begins); reply step → frame read by the customer (the
-//!   commit of the reply with the buffered journal, the hub, the socket).
+//! - *stages* (p50 and p90 per stage, over the measured messages), from
+//!   wall-clock times of this one process (server and clients): the
+//!   client's own, the scripted model's (its fallback is called once a
+//!   request's body has arrived), and the run's `created_at` and each
+//!   journal step's `started_at`/`finished_at`, read back from
+//!   `GET /v1/workflows/{run}` after the level. Post → `201`; post → run
+//!   created (the message committed and published, the run's row made);
+//!   run created → `context` step starts (the run committed and its
+//!   executor started); the `context` step (its reads: thread, policy,
+//!   history, open items); context done → `model:N` step starts; model step
+//!   starts → model request received (the journal committed, the history
+//!   read again, the prompt built and sent); model request → model step
+//!   done (the answer streamed back and parsed, its usage recorded); model
+//!   step done → `reply` step (stamped as the reply's write begins); reply
+//!   step → frame read by the customer (the commit of the reply with the
+//!   journal, the hub, the socket).
+//! - *probe* (`--probe N`): with the server idle after the level, the same
+//!   reads the `context` step and a model step make, and one small write,
+//!   timed one at a time on the store: what those stages would cost without
+//!   the load around them.
 //!
 //! ```text
 //! cargo build --release -p tandem-bench
-//! target/release/reply-latency --backend sqlite --customers 1,8,32
-//! target/release/reply-latency --backend postgres --customers 1,8,32 \
+//! target/release/reply-latency --backend sqlite --customers 1,8,32 --probe 500
+//! target/release/reply-latency --backend postgres --customers 1,8,32 --probe 500 \
 //!     --database-url postgres://postgres@127.0.0.1:5432/test
 //! ```
 
@@ -62,11 +70,12 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 use tandem_bench::procfs::{CpuSample, CpuUse};
 use tandem_bench::server::{InProcessServer, StoreArgs};
+use tandem_llm::prompt::{self, PromptOptions};
 use tandem_llm::{ChatMessage, ChatRequest, Llm, LlmConfig};
 use tandem_scripted_llm::{Reply, ScriptedLlm};
 use tandem_server::AppState;
 use tandem_server::config::Quota;
-use tandem_store::{Store, TokenSubject};
+use tandem_store::{InboxFilter, InboxStatus, InboxStatuses, Store, ThreadId, TokenSubject};
 use tandem_workflows::{Registry, SystemClock};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -104,6 +113,11 @@ struct Args {
     /// this CSV file, one level after the other.
     #[arg(long)]
     dump: Option<std::path::PathBuf>,
+    /// After each level, with the server idle: times the reads a reply's
+    /// `context` step and each model call make, and a small write, one at a
+    /// time, this many times each (0: no probe).
+    #[arg(long, default_value_t = 0)]
+    probe: usize,
 }
 
 #[tokio::main]
@@ -201,7 +215,13 @@ async fn level(args: &Args, customers: usize) -> Result<Report> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone()
         .context("the server's store")?;
-    let outcome = load(args, customers, &server, &store, &arrivals).await;
+    let mut outcome = load(args, customers, &server, &store, &arrivals).await;
+    if args.probe > 0
+        && let Ok(report) = &mut outcome
+        && let Some(thread) = report.samples.last().map(|s| s.thread.clone())
+    {
+        report.probe = probe(&store, &thread, args.probe).await?;
+    }
     let stopped = server.stop().await;
     llm.stop().await;
     let mut report = outcome?;
@@ -268,6 +288,7 @@ type Ws =
 
 /// One measured message, as its client saw it.
 struct Sample {
+    thread: String,
     text: String,
     sent: DateTime<Utc>,
     answered: DateTime<Utc>,
@@ -374,6 +395,7 @@ async fn load(
         samples,
         stages,
         model: Vec::new(),
+        probe: Vec::new(),
         cpu,
         errors,
         error_samples,
@@ -511,6 +533,7 @@ impl Client {
             .context("the reply names no run")?
             .to_owned();
         Ok(Sample {
+            thread: thread.to_owned(),
             text: text.to_owned(),
             sent,
             answered,
@@ -540,16 +563,25 @@ impl Client {
     }
 }
 
-/// Medians of the stages, µs, over the measured messages.
+/// The stages of a reply, in order: names, and each measured message's
+/// time in each, µs.
+const STAGES: [&str; 10] = [
+    "post → 201",
+    "post → run created",
+    "run created → context step starts",
+    "context step (its reads)",
+    "context done → model step starts",
+    "model step starts → model request",
+    "model request → model step done",
+    "model step done → reply step",
+    "reply step → frame read",
+    "end to end (sum of the above but 201)",
+];
+
 #[derive(Default)]
 struct Stages {
-    post_to_201: Vec<i64>,
-    post_to_run: Vec<i64>,
-    run_to_context: Vec<i64>,
-    context_to_model: Vec<i64>,
-    model_to_step: Vec<i64>,
-    step_to_reply: Vec<i64>,
-    reply_to_frame: Vec<i64>,
+    /// Per stage of [`STAGES`].
+    times: Vec<Vec<i64>>,
 }
 
 fn time(value: &Value) -> Option<DateTime<Utc>> {
@@ -599,30 +631,112 @@ async fn stages(
             );
         }
         let journal = run["journal"].as_array().context("journal")?;
-        let finished = |prefix: &str| {
+        let stamp = |prefix: &str, field: &str| {
             journal
                 .iter()
                 .rev()
                 .find(|e| e["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
-                .and_then(|e| time(&e["finished_at"]))
+                .and_then(|e| time(&e[field]))
+                .with_context(|| format!("no {prefix} step with a {field}"))
         };
         let created = time(&run["created_at"]).context("run created_at")?;
         let model = arrivals
             .get(&sample.text)
             .copied()
             .context("the model never saw a measured message")?;
-        let context = finished("context").context("no context step")?;
-        let model_done = finished("model:").context("no model step")?;
-        let reply = finished("reply").context("no reply step")?;
-        stages.post_to_201.push(span(sample.sent, sample.answered));
-        stages.post_to_run.push(span(sample.sent, created));
-        stages.run_to_context.push(span(created, context));
-        stages.context_to_model.push(span(context, model));
-        stages.model_to_step.push(span(model, model_done));
-        stages.step_to_reply.push(span(model_done, reply));
-        stages.reply_to_frame.push(span(reply, sample.frame));
+        let context_started = stamp("context", "started_at")?;
+        let context_done = stamp("context", "finished_at")?;
+        // The last model call: the one whose answer was the reply.
+        let model_started = stamp("model:", "started_at")?;
+        let model_done = stamp("model:", "finished_at")?;
+        let reply = stamp("reply", "finished_at")?;
+        let times = [
+            span(sample.sent, sample.answered),
+            span(sample.sent, created),
+            span(created, context_started),
+            span(context_started, context_done),
+            span(context_done, model_started),
+            span(model_started, model),
+            span(model, model_done),
+            span(model_done, reply),
+            span(reply, sample.frame),
+            span(sample.sent, sample.frame),
+        ];
+        if stages.times.is_empty() {
+            stages.times = vec![Vec::new(); STAGES.len()];
+        }
+        for (values, time) in stages.times.iter_mut().zip(times) {
+            values.push(time);
+        }
     }
     Ok(stages)
+}
+
+/// Times, one at a time, the reads of a reply's `context` step and of each
+/// model call (the history again, the prompt built from it), on `thread`,
+/// and one small write (a token) for the cost of a commit.
+async fn probe(store: &Store, thread: &str, times: usize) -> Result<Vec<(&'static str, Vec<i64>)>> {
+    let id: ThreadId = thread
+        .parse()
+        .map_err(|_| anyhow::anyhow!("thread id {thread}"))?;
+    let inbox = InboxFilter {
+        thread_id: Some(id),
+        status: InboxStatuses::Only(InboxStatus::Open),
+        ..InboxFilter::default()
+    };
+    let options = PromptOptions {
+        system_prompt: tandem_router::AgentConfig::default().system_prompt,
+        ai_name: "Tandem AI".into(),
+        budget_tokens: 8_000,
+    };
+    let history = store.prompt_history(id, 200).await?;
+    let mut results: Vec<(&'static str, Vec<i64>)> = [
+        "ping (SELECT 1)",
+        "get_thread",
+        "load_policy",
+        "prompt_history (200)",
+        "list_inbox (thread, open)",
+        "prompt::build",
+        "a write (create_token)",
+    ]
+    .into_iter()
+    .map(|name| (name, Vec::with_capacity(times)))
+    .collect();
+    for _ in 0..times {
+        let mut timed = Vec::with_capacity(results.len());
+        let started = Instant::now();
+        store.ping().await?;
+        timed.push(started.elapsed());
+        let started = Instant::now();
+        store.get_thread(id, None).await?;
+        timed.push(started.elapsed());
+        let started = Instant::now();
+        tandem_router::load_policy(store).await?;
+        timed.push(started.elapsed());
+        let started = Instant::now();
+        store.prompt_history(id, 200).await?;
+        timed.push(started.elapsed());
+        let started = Instant::now();
+        store.list_inbox(&inbox).await?;
+        timed.push(started.elapsed());
+        let started = Instant::now();
+        std::hint::black_box(prompt::build(&history, &options));
+        timed.push(started.elapsed());
+        let started = Instant::now();
+        store
+            .create_token(
+                TokenSubject::Customer {
+                    customer_id: "probe".into(),
+                },
+                Some("reply-latency probe".into()),
+            )
+            .await?;
+        timed.push(started.elapsed());
+        for ((_, values), took) in results.iter_mut().zip(timed) {
+            values.push(micros(took));
+        }
+    }
+    Ok(results)
 }
 
 fn quantile(values: &[i64], q: f64) -> f64 {
@@ -642,6 +756,8 @@ struct Report {
     stages: Stages,
     /// Direct model calls, µs.
     model: Vec<i64>,
+    /// The probe's operations and their times, µs.
+    probe: Vec<(&'static str, Vec<i64>)>,
     cpu: Option<CpuUse>,
     errors: u64,
     error_samples: Vec<String>,
@@ -655,26 +771,21 @@ impl Report {
             .create(true)
             .append(true)
             .open(path)?;
-        writeln!(
-            file,
-            "customers,end_to_end,post_to_201,post_to_run,run_to_context,context_to_model,\
-             model_to_step,step_to_reply,reply_to_frame"
-        )?;
-        let s = &self.stages;
+        let header: Vec<String> = STAGES.iter().map(|s| format!("{s:?}")).collect();
+        writeln!(file, "customers,end_to_end,{}", header.join(","))?;
         for (i, sample) in self.samples.iter().enumerate() {
-            let stage = |values: &Vec<i64>| values.get(i).copied().unwrap_or(-1);
+            let stages: Vec<String> = self
+                .stages
+                .times
+                .iter()
+                .map(|values| values.get(i).copied().unwrap_or(-1).to_string())
+                .collect();
             writeln!(
                 file,
-                "{},{},{},{},{},{},{},{},{}",
+                "{},{},{}",
                 self.customers,
                 sample.end_to_end_us,
-                stage(&s.post_to_201),
-                stage(&s.post_to_run),
-                stage(&s.run_to_context),
-                stage(&s.context_to_model),
-                stage(&s.model_to_step),
-                stage(&s.step_to_reply),
-                stage(&s.reply_to_frame),
+                stages.join(",")
             )?;
         }
         Ok(())
@@ -723,22 +834,23 @@ impl Report {
             quantile(&e2e, 0.9) - model_p50,
             quantile(&e2e, 0.99) - model_p50,
         );
-        let s = &self.stages;
         println!("  stages (p50)");
-        for (name, values) in [
-            ("post → 201", &s.post_to_201),
-            ("post → run created", &s.post_to_run),
-            ("run created → context step done", &s.run_to_context),
-            ("context step done → model request", &s.context_to_model),
-            ("model request → model step done", &s.model_to_step),
-            ("model step done → reply step", &s.step_to_reply),
-            ("reply step → frame read", &s.reply_to_frame),
-        ] {
+        for (name, values) in STAGES.iter().zip(&self.stages.times) {
             println!(
-                "    {name:<36} {:.2} ms (p90 {:.2} ms)",
+                "    {name:<40} {:.2} ms (p90 {:.2} ms)",
                 quantile(values, 0.5),
                 quantile(values, 0.9)
             );
+        }
+        if !self.probe.is_empty() {
+            println!("  probe, server idle (p50)");
+            for (name, values) in &self.probe {
+                println!(
+                    "    {name:<40} {:.3} ms (p90 {:.3} ms)",
+                    quantile(values, 0.5),
+                    quantile(values, 0.9)
+                );
+            }
         }
         if let Some(cpu) = &self.cpu {
             println!(

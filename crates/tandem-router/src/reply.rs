@@ -24,7 +24,7 @@
 mod actions;
 mod handover;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -172,12 +172,18 @@ impl Replier {
     }
 
     async fn run(&self, ctx: Context, args: ReplyArgs) -> Result<ReplyOutcome, StepError> {
-        let snapshot: Snapshot = ctx.run("context", |_| self.snapshot(&args)).await?;
+        // The history the `context` step read, for the first model call: a
+        // moment old, and a newer message is caught at publishing anyway.
+        let read_ahead = Mutex::new(None);
+        let snapshot: Snapshot = ctx
+            .run("context", |_| self.snapshot(&args, &read_ahead))
+            .await?;
         let mut run = Reply {
             ctx: &ctx,
             replier: self,
             args: &args,
             snapshot: &snapshot,
+            read_ahead: &read_ahead,
             decisions: Vec::new(),
             usage: Usage::default(),
             streamed: None,
@@ -212,20 +218,9 @@ impl Replier {
                             self.classify(&args, &snapshot, info)
                         })
                         .await?;
-                    run.usage += verdict.decision.usage.unwrap_or_default();
                     sensitive = verdict.sensitive;
-                    let responder = verdict.decision.responder;
-                    let reason = verdict.decision.reason.clone();
-                    run.decisions.push(verdict.decision);
-                    match responder {
-                        Some(Responder::Human) => {
-                            return run
-                                .hand_over(Handover::escalation(
-                                    format!("classifier: {reason}"),
-                                    None,
-                                ))
-                                .await;
-                        }
+                    match run.record(verdict.decision) {
+                        Some(Responder::Human) => return run.escalate_by_router().await,
                         Some(Responder::Ai) => break,
                         None => {}
                     }
@@ -236,19 +231,8 @@ impl Replier {
                             self.embed_vote(&args, &snapshot, info)
                         })
                         .await?;
-                    run.usage += decision.usage.unwrap_or_default();
-                    let responder = decision.responder;
-                    let reason = decision.reason.clone();
-                    run.decisions.push(decision);
-                    match responder {
-                        Some(Responder::Human) => {
-                            return run
-                                .hand_over(Handover::escalation(
-                                    format!("embeddings: {reason}"),
-                                    None,
-                                ))
-                                .await;
-                        }
+                    match run.record(decision) {
+                        Some(Responder::Human) => return run.escalate_by_router().await,
                         Some(Responder::Ai) => break,
                         None => {}
                     }
@@ -279,6 +263,9 @@ struct Reply<'a> {
     replier: &'a Replier,
     args: &'a ReplyArgs,
     snapshot: &'a Snapshot,
+    /// The history the `context` step read, until the first model call
+    /// takes it.
+    read_ahead: &'a Mutex<Option<Vec<tandem_store::Message>>>,
     decisions: Vec<Decision>,
     usage: Usage,
     /// The id text was streamed under, if any.
@@ -316,6 +303,24 @@ impl Reply<'_> {
         }
     }
 
+    /// Keeps a strategy's decision and its cost; who it picked, if anyone.
+    fn record(&mut self, decision: Decision) -> Option<Responder> {
+        self.usage += decision.usage.unwrap_or_default();
+        let responder = decision.responder;
+        self.decisions.push(decision);
+        responder
+    }
+
+    /// The last recorded strategy sent the message to humans.
+    async fn escalate_by_router(&mut self) -> Result<ReplyOutcome, StepError> {
+        let reason = self
+            .decisions
+            .last()
+            .map(|d| format!("{}: {}", d.strategy, d.reason))
+            .unwrap_or_default();
+        self.hand_over(Handover::escalation(reason, None)).await
+    }
+
     /// The AI writes the reply: model calls and tool round trips, then the
     /// gate.
     async fn answer(&mut self, sensitive: bool) -> Result<ReplyOutcome, StepError> {
@@ -339,6 +344,7 @@ impl Reply<'_> {
                         self.snapshot,
                         &local,
                         stream.then_some(reply_id),
+                        self.read_ahead,
                         info,
                     )
                 })

@@ -2,6 +2,8 @@
 //! journaled) between the durable points. Each reads the store before or
 //! after its model call, never inside a transaction across it.
 
+use std::sync::Mutex;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tandem_llm::prompt::{self, PromptOptions};
@@ -103,18 +105,33 @@ pub(crate) fn text_of(message: &Message) -> String {
 }
 
 impl Replier {
-    pub(super) async fn snapshot(&self, args: &ReplyArgs) -> Result<Snapshot, ActionError> {
+    /// The `context` step. Its reads are independent, so they go to the
+    /// store at once. Also hands back the history it read, for the first
+    /// model call to use rather than read again (not journaled: a replay
+    /// reads it afresh).
+    pub(super) async fn snapshot(
+        &self,
+        args: &ReplyArgs,
+        history_out: &Mutex<Option<Vec<Message>>>,
+    ) -> Result<Snapshot, ActionError> {
         let store = &self.inner.store;
-        let thread = store
-            .get_thread(args.thread_id, None)
-            .await
+        let open_items = InboxFilter {
+            thread_id: Some(args.thread_id),
+            status: InboxStatuses::Only(InboxStatus::Open),
+            ..InboxFilter::default()
+        };
+        let (thread, policy, history, open) = tokio::join!(
+            store.get_thread(args.thread_id, None),
+            crate::load_policy(store),
+            store.prompt_history(args.thread_id, HISTORY_WINDOW),
+            store.list_inbox(&open_items),
+        );
+        let thread = thread
             .map_err(store_failed)?
             .ok_or_else(|| ActionError::permanent("thread not found"))?;
-        let policy = crate::load_policy(store).await.map_err(store_failed)?;
-        let history = store
-            .prompt_history(args.thread_id, HISTORY_WINDOW)
-            .await
-            .map_err(store_failed)?;
+        let policy = policy.map_err(store_failed)?;
+        let history = history.map_err(store_failed)?;
+        let open = open.map_err(store_failed)?;
         let customer_text = history
             .iter()
             .find(|m| m.id == args.message_id)
@@ -122,18 +139,11 @@ impl Replier {
         let superseded = history
             .iter()
             .any(|m| m.role == Role::User && m.seq > args.seq);
-        let open = store
-            .list_inbox(&InboxFilter {
-                thread_id: Some(args.thread_id),
-                status: InboxStatuses::Only(InboxStatus::Open),
-                ..InboxFilter::default()
-            })
-            .await
-            .map_err(store_failed)?;
         let open_item = open
             .iter()
             .find(|i| matches!(i.kind, InboxKind::Handoff | InboxKind::Escalation))
             .map(|i| i.id);
+        *history_out.lock().unwrap_or_else(|e| e.into_inner()) = Some(history);
         Ok(Snapshot {
             policy,
             with_humans: thread.assigned_to == tandem_store::AssignedTo::Human,
@@ -354,12 +364,17 @@ impl Replier {
         snapshot: &Snapshot,
         local: &[ChatMessage],
         stream_to: Option<MessageId>,
+        read_ahead: &Mutex<Option<Vec<Message>>>,
         info: StepInfo,
     ) -> Result<ModelTurn, ActionError> {
         let Some(llm) = &self.inner.llm else {
             return Err(ActionError::permanent("the AI is off"));
         };
-        let history = self.history(args).await?;
+        let fresh = read_ahead.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let history = match fresh {
+            Some(history) => history,
+            None => self.history(args).await?,
+        };
         let agent = &self.inner.agent;
         let mut messages = prompt::build(
             &history,
