@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_input;
+mod customer_view;
 mod hub;
 mod idempotency;
 mod inbox;

@@ -8,8 +8,9 @@ use serde_json::{Value, json};
 use tandem_scripted_llm::{RecordedRequest, Reply, ScriptedLlm, ToolCall};
 use tandem_tests::TestServer;
 use tandem_tests::reply::{
-    Chat, WAIT, deltas, messages_in, reply_outcomes, reply_runs, resolve, roles, run_result,
-    runs_settled, set_policy, streamed, thread, usage, wait_for_item, wait_for_message,
+    Chat, WAIT, assert_customer_safe, deltas, messages_in, reply_outcomes, reply_runs, resolve,
+    roles, run_result, runs_settled, set_policy, staff_view, streamed, thread, usage,
+    wait_for_item, wait_for_message,
 };
 
 /// The text of a turn of a recorded request: its string content, or its
@@ -108,9 +109,12 @@ async fn the_ai_answers_streaming_to_the_customer_and_the_reply_is_stored_once()
     assert_eq!(message["agent_name"], "Tandem AI");
     assert_eq!(message["author"]["kind"], "ai");
     assert_eq!(message["metadata"]["provider"], "reply-model");
-    assert_eq!(message["metadata"]["usage"]["prompt_tokens"], 30);
-    assert_eq!(message["metadata"]["routing"]["strategy"], "ai");
     assert_eq!(message["reply_to"], posted.body["id"]);
+    // Staff see how it was decided and what it cost; the customer does not.
+    assert_customer_safe(message);
+    let staff = staff_view(&server, &thread, message).await;
+    assert_eq!(staff["metadata"]["usage"]["prompt_tokens"], 30);
+    assert_eq!(staff["metadata"]["routing"]["strategy"], "ai");
 
     let request = &llm.chat_requests()[0];
     let messages = request.messages();
@@ -263,10 +267,12 @@ async fn the_prompt_carries_the_history_with_a_human_agents_stretch_marked() {
         assert!(request.stream());
     }
 
-    // Usage: per reply on the message, summed per thread.
-    assert_eq!(replies[0]["metadata"]["usage"]["prompt_tokens"], 10);
-    assert_eq!(replies[0]["metadata"]["usage"]["completion_tokens"], 5);
-    assert_eq!(replies[2]["metadata"]["usage"]["prompt_tokens"], 40);
+    // Usage: per reply on the message (for staff), summed per thread.
+    let first = staff_view(&server, &chat.thread, &replies[0]).await;
+    let third = staff_view(&server, &chat.thread, &replies[2]).await;
+    assert_eq!(first["metadata"]["usage"]["prompt_tokens"], 10);
+    assert_eq!(first["metadata"]["usage"]["completion_tokens"], 5);
+    assert_eq!(third["metadata"]["usage"]["prompt_tokens"], 40);
     let usage = usage(&server, &chat.thread).await;
     assert_eq!(usage["prompt_tokens"], 70, "{usage:#}");
     assert_eq!(usage["completion_tokens"], 15);
@@ -324,8 +330,8 @@ async fn ask_human_waits_for_an_agents_answer_that_the_customer_never_sees() {
 
     // The question is staff-only: the AI's tool call is internal.
     assert_eq!(roles(&chat.history(&server).await), ["user"]);
-    let staff_view = server.messages(&chat.thread, &agent).await;
-    let call = staff_view
+    let as_staff = server.messages(&chat.thread, &agent).await;
+    let call = as_staff
         .iter()
         .find(|m| m["id"] == item["message_id"])
         .expect("the tool call message");
@@ -406,7 +412,8 @@ async fn ask_human_waits_for_an_agents_answer_that_the_customer_never_sees() {
     let result = run_result(&server, &json!(run)).await;
     assert_eq!(result["outcome"], "replied", "{result:#}");
     assert_eq!(result["message_id"], reply["id"]);
-    assert_eq!(reply["metadata"]["run_id"], json!(run));
+    let staff = staff_view(&server, &chat.thread, &reply).await;
+    assert_eq!(staff["metadata"]["run_id"], json!(run));
     assert_eq!(usage(&server, &chat.thread).await["total_tokens"], 105);
 
     let again = resolve(
@@ -549,6 +556,8 @@ async fn with_confidence_on_a_low_score_escalates_and_a_high_one_is_published_un
         reply["content"],
         "Your invoices are under Settings, Billing."
     );
+    assert_customer_safe(&reply);
+    let reply = staff_view(&server, &high.thread, &reply).await;
     assert_eq!(reply["metadata"]["confidence"], 0.92);
     assert!(
         deltas(&frames).is_empty(),
@@ -842,7 +851,7 @@ async fn two_quick_messages_get_one_reply_that_answers_both() {
         users,
         ["When does my order ship?", "And to my new address, please."]
     );
-    let run = reply["metadata"]["run_id"].clone();
+    let run = staff_view(&server, &chat.thread, reply).await["metadata"]["run_id"].clone();
     assert_eq!(run_result(&server, &run).await["outcome"], "replied");
     let outcomes = reply_outcomes(&server).await;
     let superseded = &outcomes

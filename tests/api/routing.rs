@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 use tandem_scripted_llm::{Reply, ScriptedLlm};
 use tandem_tests::TestServer;
 use tandem_tests::reply::{
-    Chat, assign_to_humans, inbox, messages_in, reply_outcomes, roles, run_result, runs_settled,
-    set_policy, thread, wait_for_item, wait_for_message,
+    Chat, assert_customer_safe, assign_to_humans, inbox, messages_in, reply_outcomes, roles,
+    run_result, runs_settled, set_policy, staff_view, thread, wait_for_item, wait_for_message,
 };
 
 /// The classifier decides before the AI.
@@ -205,6 +205,8 @@ async fn the_classifier_lets_the_ai_answer_and_records_why() {
     .await;
     assert_eq!(reply["content"], "We open at nine.");
     assert_eq!(reply["reply_to"], posted["id"]);
+    assert_customer_safe(&reply);
+    let reply = staff_view(&server, &chat.thread, &reply).await;
     let decisions = reply["metadata"]["decisions"]
         .as_array()
         .expect("decisions");
@@ -352,6 +354,7 @@ async fn embeddings_route_by_the_nearest_labelled_examples() {
         m["role"] == "assistant"
     })
     .await;
+    let reply = staff_view(&server, &first.thread, &reply).await;
     let decision = &reply["metadata"]["decisions"][0];
     assert_eq!(decision["strategy"], "embeddings", "{reply:#}");
     assert_eq!(decision["responder"], Value::Null);
@@ -431,6 +434,7 @@ async fn embeddings_route_by_the_nearest_labelled_examples() {
     })
     .await;
     assert_eq!(reply["content"], "Use 'Forgot password' on the login page.");
+    let reply = staff_view(&server, &password.thread, &reply).await;
     let decision = &reply["metadata"]["decisions"][0];
     assert_eq!(decision["strategy"], "embeddings", "{reply:#}");
     assert_eq!(decision["responder"], "ai");

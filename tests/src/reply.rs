@@ -205,6 +205,29 @@ pub async fn wait_for_item(server: &TestServer, thread: &str) -> Value {
     }
 }
 
+/// A message as staff see it (with the routing, usage and approval
+/// metadata customers never get).
+pub async fn staff_view(server: &TestServer, thread: &str, message: &Value) -> Value {
+    let id = message["id"].clone();
+    server
+        .messages(thread, &server.admin)
+        .await
+        .into_iter()
+        .find(|m| m["id"] == id)
+        .unwrap_or_else(|| panic!("no message {id} in thread {thread}"))
+}
+
+/// Asserts that a message as a customer got it holds none of the
+/// staff-only metadata.
+pub fn assert_customer_safe(message: &Value) {
+    for key in tandem_store::STAFF_METADATA {
+        assert!(
+            message["metadata"].get(key).is_none(),
+            "`{key}` reached the customer: {message:#}"
+        );
+    }
+}
+
 /// Waits until the run has completed and returns its result.
 pub async fn run_result(server: &TestServer, run_id: &Value) -> Value {
     let id = run_id.as_str().expect("run id");

@@ -135,6 +135,13 @@ async fn list_messages(
         customer_view: principal.customer_scope().is_some(),
     };
     let mut messages = state.store.list_messages(id, &filter).await?;
+    if filter.customer_view {
+        for message in &mut messages {
+            if let Some(view) = message.for_customer() {
+                *message = view;
+            }
+        }
+    }
     let has_more = messages.len() > limit as usize;
     messages.truncate(limit as usize);
     let next_after_seq = messages.last().map_or(after_seq, |m| m.seq);

@@ -164,8 +164,8 @@ impl Hub {
                 }
                 for message in rows.iter().take_while(|m| m.seq <= target) {
                     let encoded = EncodedMessage::new(message);
-                    if !customer || encoded.public {
-                        peer.send(encoded.frame).await?;
+                    if let Some(frame) = encoded.frame_for(customer) {
+                        peer.send(frame.clone()).await?;
                     }
                     cursor = message.seq;
                 }

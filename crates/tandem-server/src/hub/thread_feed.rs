@@ -23,26 +23,48 @@ use super::protocol::ServerFrame;
 /// A message as it goes out: encoded once for every subscriber.
 pub struct EncodedMessage {
     pub seq: i64,
+    /// The frame staff get.
     pub frame: Utf8Bytes,
+    /// The frame customers get when it differs (staff-only metadata left
+    /// out); none when they get `frame`.
+    pub customer_frame: Option<Utf8Bytes>,
     /// Whether customers see it (public and published).
     pub public: bool,
 }
 
 impl EncodedMessage {
     pub fn new(message: &Message) -> Self {
-        let frame = ServerFrame::Message {
-            thread_id: message.thread_id,
-            seq: message.seq,
-            message,
-        }
-        .encode();
+        let public =
+            message.visibility == Visibility::Public && message.status == MessageStatus::Published;
+        let customer_frame = public
+            .then(|| message.for_customer())
+            .flatten()
+            .map(|view| encode(&view).into());
         Self {
             seq: message.seq,
-            frame: frame.into(),
-            public: message.visibility == Visibility::Public
-                && message.status == MessageStatus::Published,
+            frame: encode(message).into(),
+            customer_frame,
+            public,
         }
     }
+
+    /// The frame for a subscriber; none when a customer may not see it.
+    pub fn frame_for(&self, customer: bool) -> Option<&Utf8Bytes> {
+        match (customer, self.public) {
+            (false, _) => Some(&self.frame),
+            (true, false) => None,
+            (true, true) => Some(self.customer_frame.as_ref().unwrap_or(&self.frame)),
+        }
+    }
+}
+
+fn encode(message: &Message) -> String {
+    ServerFrame::Message {
+        thread_id: message.thread_id,
+        seq: message.seq,
+        message,
+    }
+    .encode()
 }
 
 /// One subscription of one connection to this thread.
@@ -86,11 +108,11 @@ impl FeedState {
                 continue;
             }
             subscriber.sent = message.seq;
-            if subscriber.customer && !message.public {
+            let Some(frame) = message.frame_for(subscriber.customer) else {
                 continue;
-            }
+            };
             // A full queue closes that connection; the others go on.
-            let _ = subscriber.outbox.push(message.frame.clone());
+            let _ = subscriber.outbox.push(frame.clone());
         }
         true
     }
@@ -153,6 +175,7 @@ mod tests {
 
     fn encoded(seq: i64, public: bool) -> EncodedMessage {
         EncodedMessage {
+            customer_frame: None,
             seq,
             frame: Utf8Bytes::from(format!("{seq}")),
             public,

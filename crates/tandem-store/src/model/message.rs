@@ -30,6 +30,34 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
 }
 
+/// Metadata keys that are for staff only: how the reply was decided and
+/// reviewed, and what it cost. A customer's view of a message leaves them
+/// out.
+pub const STAFF_METADATA: [&str; 6] = [
+    "routing",
+    "decisions",
+    "run_id",
+    "approval",
+    "usage",
+    "confidence",
+];
+
+impl Message {
+    /// The message as a customer may see it: without [`STAFF_METADATA`].
+    /// `None` when it is already that (nothing to leave out).
+    pub fn for_customer(&self) -> Option<Message> {
+        let object = self.metadata.as_object()?;
+        if !STAFF_METADATA.iter().any(|key| object.contains_key(*key)) {
+            return None;
+        }
+        let mut view = self.clone();
+        if let Some(object) = view.metadata.as_object_mut() {
+            object.retain(|key, _| !STAFF_METADATA.contains(&key.as_str()));
+        }
+        Some(view)
+    }
+}
+
 /// Who wrote a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
