@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_input;
+mod claims;
 mod customer_view;
 mod hub;
 mod idempotency;
@@ -14,6 +15,7 @@ mod reply;
 mod reply_recovery;
 mod reply_transactions;
 mod routing;
+mod takeover;
 mod threads;
 mod workflows;
 mod ws_access;

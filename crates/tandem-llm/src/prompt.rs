@@ -18,11 +18,14 @@
 //!    its start and closed when the AI speaks again: it runs from a human
 //!    agent's turn to the AI's next turn, customer turns in between included
 //!    (a customer answering the human does not give the floor back to the
-//!    AI); another agent taking over within it is announced too, and a
-//!    stretch still open at the end gets only its start;
+//!    AI), or when the thread was handed back to the AI after the stretch's
+//!    last human turn (see [`build_after_hand_back`]); another agent taking
+//!    over within it is announced too, and a stretch still open at the end
+//!    gets only its start;
 //! 5. the oldest turns go first until the estimate fits the budget, a tool
 //!    call always with its results, the last customer turn always kept.
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tandem_store::{AuthorKind, Content, Message, MessageStatus, Part, Role, Visibility};
 
@@ -63,6 +66,17 @@ pub fn estimate_tokens(text: &str) -> usize {
 /// - `role: tool` → one `Tool` turn per tool result;
 /// - `role: system` (only admins post them) → `System`.
 pub fn build(history: &[Message], options: &PromptOptions) -> Vec<ChatMessage> {
+    build_after_hand_back(history, options, None)
+}
+
+/// [`build`] for a thread last handed back to the AI at `handed_back_at`: a
+/// human stretch whose last human turn is older than the hand-back ends
+/// with the first turn after it, even before the AI has spoken again.
+pub fn build_after_hand_back(
+    history: &[Message],
+    options: &PromptOptions,
+    handed_back_at: Option<DateTime<Utc>>,
+) -> Vec<ChatMessage> {
     let blocks = blocks(history);
     let system_tokens = estimate_tokens(&options.system_prompt);
     // The window starts at most at the last customer turn.
@@ -76,7 +90,7 @@ pub fn build(history: &[Message], options: &PromptOptions) -> Vec<ChatMessage> {
     }
     let start = (0..latest_start)
         .find(|&start| {
-            let markers: usize = markers(&blocks[start..], &options.ai_name)
+            let markers: usize = markers(&blocks[start..], &options.ai_name, handed_back_at)
                 .iter()
                 .map(|(_, marker)| estimate_tokens(marker))
                 .sum();
@@ -85,7 +99,9 @@ pub fn build(history: &[Message], options: &PromptOptions) -> Vec<ChatMessage> {
         .unwrap_or(latest_start);
 
     let window = &blocks[start..];
-    let mut markers = markers(window, &options.ai_name).into_iter().peekable();
+    let mut markers = markers(window, &options.ai_name, handed_back_at)
+        .into_iter()
+        .peekable();
     let mut turns = vec![ChatMessage::System(options.system_prompt.clone())];
     for (index, block) in window.iter().enumerate() {
         while let Some((_, marker)) = markers.next_if(|(at, _)| *at == index) {
@@ -116,15 +132,18 @@ enum Kind {
 #[derive(Debug)]
 struct Block {
     kind: Kind,
+    /// When its message was written.
+    at: DateTime<Utc>,
     turns: Vec<ChatMessage>,
     tokens: usize,
 }
 
 impl Block {
-    fn new(kind: Kind, turns: Vec<ChatMessage>) -> Self {
+    fn new(kind: Kind, at: DateTime<Utc>, turns: Vec<ChatMessage>) -> Self {
         let tokens = turns.iter().map(turn_tokens).sum();
         Self {
             kind,
+            at,
             turns,
             tokens,
         }
@@ -178,13 +197,21 @@ fn blocks(history: &[Message]) -> Vec<Block> {
             Role::User => {
                 let text = text_of(&message.content);
                 if !text.is_empty() {
-                    blocks.push(Block::new(Kind::Customer, vec![ChatMessage::User(text)]));
+                    blocks.push(Block::new(
+                        Kind::Customer,
+                        message.created_at,
+                        vec![ChatMessage::User(text)],
+                    ));
                 }
             }
             Role::System => {
                 let text = text_of(&message.content);
                 if !text.is_empty() {
-                    blocks.push(Block::new(Kind::Other, vec![ChatMessage::System(text)]));
+                    blocks.push(Block::new(
+                        Kind::Other,
+                        message.created_at,
+                        vec![ChatMessage::System(text)],
+                    ));
                 }
             }
             // Results travel with their calls (below); a result whose call is
@@ -208,7 +235,11 @@ fn blocks(history: &[Message]) -> Vec<Block> {
                     text: Some(text),
                     tool_calls: Vec::new(),
                 };
-                blocks.push(Block::new(Kind::Human { display, name }, vec![turn]));
+                blocks.push(Block::new(
+                    Kind::Human { display, name },
+                    message.created_at,
+                    vec![turn],
+                ));
             }
             Role::Assistant => {
                 let text = text_of(&message.content);
@@ -253,7 +284,7 @@ fn blocks(history: &[Message]) -> Vec<Block> {
                     tool_calls,
                 }];
                 turns.extend(answers);
-                blocks.push(Block::new(kind, turns));
+                blocks.push(Block::new(kind, message.created_at, turns));
             }
         }
     }
@@ -340,11 +371,34 @@ fn api_name(name: &str) -> String {
 
 /// The System turns Tandem adds around human agents' stretches in `window`,
 /// each with the index of the block it goes before (`window.len()` for
-/// none: a stretch still open at the end gets only its start).
-fn markers(window: &[Block], ai_name: &str) -> Vec<(usize, String)> {
+/// none: a stretch still open at the end gets only its start). A stretch
+/// whose last human turn predates `handed_back_at` ends before the first
+/// turn after the hand-back.
+fn markers(
+    window: &[Block],
+    ai_name: &str,
+    handed_back_at: Option<DateTime<Utc>>,
+) -> Vec<(usize, String)> {
+    let you = if ai_name.is_empty() {
+        "you are".to_owned()
+    } else {
+        format!("you, {ai_name}, are")
+    };
+    let end = format!("The human agent's part ends here; {you} answering again.");
     let mut markers = Vec::new();
     let mut holder: Option<&str> = None;
+    let mut last_human_at: Option<DateTime<Utc>> = None;
     for (index, block) in window.iter().enumerate() {
+        if let (Some(_), Some(back), Some(last)) = (holder, handed_back_at, last_human_at)
+            && last < back
+            && block.at > back
+        {
+            markers.push((index, end.clone()));
+            holder = None;
+        }
+        if let Kind::Human { .. } = block.kind {
+            last_human_at = Some(block.at);
+        }
         match &block.kind {
             Kind::Human { display, name } if holder != Some(display.as_str()) => {
                 markers.push((
@@ -358,15 +412,7 @@ fn markers(window: &[Block], ai_name: &str) -> Vec<(usize, String)> {
                 holder = Some(display.as_str());
             }
             Kind::Ai if holder.is_some() => {
-                let you = if ai_name.is_empty() {
-                    "you are".to_owned()
-                } else {
-                    format!("you, {ai_name}, are")
-                };
-                markers.push((
-                    index,
-                    format!("The human agent's part ends here; {you} answering again."),
-                ));
+                markers.push((index, end.clone()));
                 holder = None;
             }
             _ => {}
@@ -668,6 +714,34 @@ mod tests {
         assert_eq!(markers.len(), 1, "{turns:#?}");
         assert_eq!(turns[2], *markers[0]);
         assert_eq!(turns[3], named("Sam", "Sam here."));
+    }
+
+    #[test]
+    fn a_hand_back_closes_the_stretch_before_the_next_turn() {
+        let at = |secs: i64| Utc::now() - chrono::Duration::seconds(100 - secs);
+        let mut history = [
+            customer("Human please."),
+            human("Sam", "Sam here, refunded."),
+            customer("Thanks, and the invoice?"),
+            human("Ann", "A later agent."),
+        ];
+        for (message, secs) in history.iter_mut().zip([0, 10, 30, 40]) {
+            message.created_at = at(secs);
+        }
+        // Handed back between Sam's turn and the customer's question; Ann's
+        // turn after it opens a stretch of its own.
+        let turns = build_after_hand_back(&history, &options(10_000), Some(at(20)));
+        let systems: Vec<usize> = (1..turns.len()).filter(|&i| is_system(&turns[i])).collect();
+        assert_eq!(systems, [2, 4, 6], "{turns:#?}");
+        assert_eq!(turns[3], named("Sam", "Sam here, refunded."));
+        let ChatMessage::System(end) = &turns[4] else {
+            panic!("no end marker: {turns:#?}");
+        };
+        assert!(end.contains("The human agent's part ends here"), "{end}");
+        assert_eq!(turns[5], user("Thanks, and the invoice?"));
+        // A hand-back older than the stretch changes nothing.
+        let unchanged = build_after_hand_back(&history[..3], &options(10_000), Some(at(5)));
+        assert_eq!(unchanged, build(&history[..3], &options(10_000)));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! WebSocket upgrade into the hub ([`ws`]), and the signed workflow hooks
 //! that need no token ([`hooks`]).
 
+pub mod assignments;
 pub mod hooks;
 pub mod inbox;
 pub mod messages;
@@ -23,6 +24,7 @@ use crate::http::Principal;
 pub fn v1_router() -> ApiRouter<AppState> {
     ApiRouter::new()
         .merge(threads::router())
+        .merge(assignments::router())
         .merge(messages::router())
         .merge(workflows::router())
         .merge(inbox::router())

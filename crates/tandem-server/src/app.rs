@@ -131,6 +131,13 @@ pub async fn serve(
             "starting the workflow engine: {error}"
         )));
     }
+    // Idle claims go back to the queue; the hub's shutdown stops and joins
+    // the sweeper before the store closes.
+    tokio::spawn(hub.track(crate::desk::sweep_idle_claims(
+        store.clone(),
+        hub.clone(),
+        state.config.desk.clone(),
+    )));
     // Other processes' runs that become due wake this one's dispatcher.
     let waker = engine.clone();
     hub.on_workflow_signal(move || waker.wake());

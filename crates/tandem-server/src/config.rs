@@ -29,6 +29,7 @@ pub struct Config {
     /// The AI agent's name and system prompt (`[agent]`).
     pub agent: AgentConfig,
     pub reply: ReplyConfig,
+    pub desk: DeskConfig,
     pub log: LogConfig,
 }
 
@@ -44,6 +45,7 @@ impl Default for Config {
             ai: LlmConfig::default(),
             agent: AgentConfig::default(),
             reply: ReplyConfig::default(),
+            desk: DeskConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -238,6 +240,26 @@ impl Default for ReplyConfig {
     }
 }
 
+/// The human desk: inbox claims.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeskConfig {
+    /// Seconds a claim may go without activity (a claim, or a claim again by
+    /// its holder) before the item goes back to the queue.
+    pub claim_idle_secs: u64,
+    /// Milliseconds between sweeps for idle claims.
+    pub claim_sweep_interval_ms: u64,
+}
+
+impl Default for DeskConfig {
+    fn default() -> Self {
+        Self {
+            claim_idle_secs: 600,
+            claim_sweep_interval_ms: 5_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -384,6 +406,7 @@ mod tests {
             assert_eq!(config.ai, defaults.ai);
             assert_eq!(config.agent, defaults.agent);
             assert_eq!(config.reply, defaults.reply);
+            assert_eq!(config.desk, defaults.desk);
             assert_eq!(config.hub.queue_bytes, defaults.hub.queue_bytes);
             Ok(())
         });

@@ -3,6 +3,8 @@
 //! - [`config`]: the one typed configuration (defaults, a TOML file, the environment).
 //! - [`app`]: builds the router from its parts and serves it on a listener until
 //!   a shutdown signal, finishing the requests in flight.
+//! - [`desk`]: the human desk's background work: idle inbox claims go back
+//!   to the queue.
 //! - [`api`]: one module per resource (threads, messages, workflows, hooks,
 //!   inbox, routing) plus operations (health, readiness, metrics, the
 //!   OpenAPI document).
@@ -20,6 +22,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod desk;
 pub mod http;
 pub mod hub;
 pub mod replies;

@@ -10,7 +10,7 @@
 //! - [`backend`]: connecting, migrating, and the write path that every change
 //!   takes: a transaction on PostgreSQL, a group commit on SQLite.
 //! - [`queries`]: `impl Store` split by topic (threads, messages, tokens,
-//!   idempotency records, inbox items and their resolutions, WebSocket
+//!   idempotency records, assignments and their history, inbox items and their resolutions, WebSocket
 //!   tickets, workflow runs and their journal, routing settings and
 //!   examples, LLM usage, server secrets, and the change signals server
 //!   processes send each other on PostgreSQL).
@@ -29,6 +29,7 @@ pub mod testing;
 pub use backend::{DatabaseOptions, Store, Synchronous};
 pub use error::StoreError;
 pub use model::*;
+pub use queries::assignments::{AssignedBy, Assignment};
 pub use queries::idempotency::{IdempotencyKey, Written};
 pub use queries::inbox::ASK_HUMAN_TOOL;
 pub use queries::messages::PostedMessage;

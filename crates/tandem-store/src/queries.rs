@@ -1,5 +1,6 @@
 //! `impl Store`, split by topic.
 
+pub mod assignments;
 pub mod idempotency;
 pub mod inbox;
 pub mod messages;

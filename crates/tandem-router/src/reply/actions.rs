@@ -193,6 +193,18 @@ impl Replier {
             .map_err(store_failed)
     }
 
+    /// When the thread was last handed back to the AI.
+    async fn hand_back(
+        &self,
+        args: &ReplyArgs,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, ActionError> {
+        self.inner
+            .store
+            .last_hand_back(args.thread_id)
+            .await
+            .map_err(store_failed)
+    }
+
     pub(super) async fn classify(
         &self,
         args: &ReplyArgs,
@@ -203,7 +215,8 @@ impl Replier {
             return Err(ActionError::permanent("the AI is off"));
         };
         let history = self.history(args).await?;
-        let messages = prompt::build(
+        let handed_back_at = self.hand_back(args).await?;
+        let messages = prompt::build_after_hand_back(
             &history,
             &PromptOptions {
                 system_prompt: classifier::instructions(
@@ -212,6 +225,7 @@ impl Replier {
                 ai_name: self.inner.agent.name.clone(),
                 budget_tokens: CLASSIFIER_BUDGET_TOKENS,
             },
+            handed_back_at,
         );
         let model = llm.config().classifier_model.clone();
         let started = std::time::Instant::now();
@@ -375,14 +389,16 @@ impl Replier {
             Some(history) => history,
             None => self.history(args).await?,
         };
+        let handed_back_at = self.hand_back(args).await?;
         let agent = &self.inner.agent;
-        let mut messages = prompt::build(
+        let mut messages = prompt::build_after_hand_back(
             &history,
             &PromptOptions {
                 system_prompt: agent.system_prompt.clone(),
                 ai_name: agent.name.clone(),
                 budget_tokens: snapshot.policy.history_budget_tokens as usize,
             },
+            handed_back_at,
         );
         messages.extend(local.iter().cloned());
         let request = ChatRequest {

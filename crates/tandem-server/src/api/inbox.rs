@@ -2,6 +2,12 @@
 //! drafts to approve, escalations, handoffs — and answering, approving or
 //! rejecting it. Staff only.
 //!
+//! One agent works an item at a time: `claim` takes it (a conditional
+//! update, so of two agents racing exactly one wins), `release` gives it
+//! back, and an item claimed by another agent can be resolved only by an
+//! admin. A claim left idle for `desk.claim_idle_secs` goes back to the
+//! queue ([`crate::desk`]). An open item may still be resolved unclaimed.
+//!
 //! Each resolution is one store transaction that also wakes the reply run
 //! waiting on the item, so an answer can never be recorded while its run
 //! sleeps on.
@@ -13,8 +19,8 @@ use axum::extract::State;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tandem_store::{
-    InboxFilter, InboxItem, InboxItemId, InboxKind, InboxStatus, InboxStatuses, Message, Resolved,
-    ThreadId,
+    InboxActor, InboxFilter, InboxItem, InboxItemId, InboxKind, InboxStatus, InboxStatuses,
+    Message, Release, Resolved, ThreadId,
 };
 
 use crate::AppState;
@@ -25,6 +31,8 @@ pub fn router() -> ApiRouter<AppState> {
     ApiRouter::new()
         .api_route("/v1/inbox", get(list_inbox))
         .api_route("/v1/inbox/{id}", get(get_item))
+        .api_route("/v1/inbox/{id}/claim", post(claim))
+        .api_route("/v1/inbox/{id}/release", post(release))
         .api_route("/v1/inbox/{id}/answer", post(answer))
         .api_route("/v1/inbox/{id}/approve", post(approve))
         .api_route("/v1/inbox/{id}/reject", post(reject))
@@ -53,6 +61,16 @@ fn staff_name(principal: &Principal) -> Result<String, ApiError> {
     }
 }
 
+/// The caller as an inbox actor: an agent by its name, or an admin
+/// (recorded as `admin`, and free to act on items other agents hold).
+fn actor(principal: &Principal) -> Result<InboxActor, ApiError> {
+    let name = staff_name(principal)?;
+    Ok(match principal {
+        Principal::Admin { .. } => InboxActor::admin(name),
+        _ => InboxActor::agent(name),
+    })
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListInbox {
@@ -60,6 +78,8 @@ pub struct ListInbox {
     /// Open and claimed items when absent.
     pub status: Option<InboxStatus>,
     pub thread_id: Option<ThreadId>,
+    /// Only items claimed by this agent; `me` for the caller's own.
+    pub claimed_by: Option<String>,
     /// 1 to 200; 50 when absent.
     pub limit: Option<u32>,
 }
@@ -76,7 +96,7 @@ async fn list_inbox(
     principal: Principal,
     ApiQuery(query): ApiQuery<ListInbox>,
 ) -> Result<Json<InboxPage>, ApiError> {
-    staff_name(&principal)?;
+    let me = staff_name(&principal)?;
     let limit = query.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -92,6 +112,9 @@ async fn list_inbox(
                 .status
                 .map_or(InboxStatuses::Pending, InboxStatuses::Only),
             thread_id: query.thread_id,
+            claimed_by: query
+                .claimed_by
+                .map(|name| if name == "me" { me } else { name }),
             limit,
             ..InboxFilter::default()
         })
@@ -113,6 +136,47 @@ async fn get_item(
     Ok(Json(item))
 }
 
+/// Claims an item for the caller: one agent at a time. Claiming an item
+/// the caller already holds again is a 200 that refreshes the claim (it
+/// keeps an idle claim from going back to the queue). 409 `already_claimed`
+/// (the message names the holder), `item_closed`.
+async fn claim(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(ItemPath { id }): ApiPath<ItemPath>,
+) -> Result<Json<InboxItem>, ApiError> {
+    let actor = actor(&principal)?;
+    let item = state.store.claim_inbox_item(item_id(&id)?, &actor).await?;
+    state.hub.publish_inbox(&item);
+    Ok(Json(item))
+}
+
+/// Gives a claimed item back to the queue: by the agent who holds it, or
+/// an admin. An item nobody holds is answered as it is. 403
+/// `not_your_claim`, 409 `item_closed`.
+async fn release(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(ItemPath { id }): ApiPath<ItemPath>,
+) -> Result<Json<InboxItem>, ApiError> {
+    let actor = actor(&principal)?;
+    match state
+        .store
+        .release_inbox_item(item_id(&id)?, &actor)
+        .await?
+    {
+        Release::Released(item) => {
+            state.hub.publish_inbox(&item);
+            Ok(Json(item))
+        }
+        Release::NotClaimed(item) => Ok(Json(item)),
+        Release::HeldByOther { holder } => Err(ApiError::forbidden(
+            "not_your_claim",
+            format!("inbox item {id} is claimed by {holder}"),
+        )),
+    }
+}
+
 /// The item after its resolution, and the message it published or stored.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Resolution {
@@ -131,19 +195,20 @@ pub struct Answer {
 }
 
 /// Answers a `question`: stored as the tool's result (`role: tool`,
-/// provider human), and the AI goes on. 409 `item_closed`, `wrong_item_kind`.
+/// provider human), and the AI goes on. 409 `item_closed`, `wrong_item_kind`,
+/// `claimed_by_other`.
 async fn answer(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(ItemPath { id }): ApiPath<ItemPath>,
     ApiJson(request): ApiJson<Answer>,
 ) -> Result<Json<Resolution>, ApiError> {
-    let by = staff_name(&principal)?;
+    let by = actor(&principal)?;
     let id = item_id(&id)?;
     check_text(&state, "text", &request.text)?;
     let resolved = state
         .store
-        .answer_question(id, request.text, &by, now(&state))
+        .answer_question(id, request.text, by, now(&state))
         .await?;
     Ok(Json(announce(&state, resolved)))
 }
@@ -156,21 +221,22 @@ pub struct Approve {
 }
 
 /// Approves a draft: it is published to the customer as the thread's next
-/// message (edited, if `text` is given). 409 `item_closed`, `wrong_item_kind`.
+/// message (edited, if `text` is given). 409 `item_closed`, `wrong_item_kind`,
+/// `claimed_by_other`.
 async fn approve(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(ItemPath { id }): ApiPath<ItemPath>,
     ApiJson(request): ApiJson<Approve>,
 ) -> Result<Json<Resolution>, ApiError> {
-    let by = staff_name(&principal)?;
+    let by = actor(&principal)?;
     let id = item_id(&id)?;
     if let Some(text) = &request.text {
         check_text(&state, "text", text)?;
     }
     let resolved = state
         .store
-        .approve_draft(id, request.text, &by, now(&state))
+        .approve_draft(id, request.text, by, now(&state))
         .await?;
     Ok(Json(announce(&state, resolved)))
 }
@@ -184,19 +250,20 @@ pub struct Reject {
 }
 
 /// Rejects a draft: it is never published, the review is recorded, and the
-/// thread goes to humans. 409 `item_closed`, `wrong_item_kind`.
+/// thread goes to humans. 409 `item_closed`, `wrong_item_kind`,
+/// `claimed_by_other`.
 async fn reject(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(ItemPath { id }): ApiPath<ItemPath>,
     ApiJson(request): ApiJson<Reject>,
 ) -> Result<Json<Resolution>, ApiError> {
-    let by = staff_name(&principal)?;
+    let by = actor(&principal)?;
     let id = item_id(&id)?;
     check_text(&state, "review", &request.review)?;
     let resolved = state
         .store
-        .reject_draft(id, request.review, &by, now(&state))
+        .reject_draft(id, request.review, by, now(&state))
         .await?;
     Ok(Json(announce(&state, resolved)))
 }

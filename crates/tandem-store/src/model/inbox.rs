@@ -31,6 +31,12 @@ pub struct InboxItem {
     pub status: InboxStatus,
     /// The agent working on it.
     pub claimed_by: Option<String>,
+    /// When the current claim was taken; none while unclaimed.
+    pub claimed_at: Option<DateTime<Utc>>,
+    /// When the claim's holder last showed they are on it (claiming it, or
+    /// claiming it again); a claim idle for longer than the desk allows
+    /// goes back to the queue.
+    pub last_activity_at: Option<DateTime<Utc>>,
     pub due_at: Option<DateTime<Utc>>,
     /// The workflow run waiting on the item: resolving the item sends it
     /// the event `inbox:<item id>`.
@@ -79,6 +85,8 @@ pub struct InboxFilter {
     pub kind: Option<InboxKind>,
     pub status: InboxStatuses,
     pub thread_id: Option<ThreadId>,
+    /// Only items claimed by this agent.
+    pub claimed_by: Option<String>,
     /// Only items after this one in the listing's order (the page cursor:
     /// the last item of the previous page).
     pub after: Option<InboxItemId>,
@@ -91,6 +99,7 @@ impl Default for InboxFilter {
             kind: None,
             status: InboxStatuses::Pending,
             thread_id: None,
+            claimed_by: None,
             after: None,
             limit: 50,
         }
@@ -114,4 +123,49 @@ pub struct Resolved {
     pub run: Option<crate::WorkflowRun>,
     /// Whether the event made the run due: the engine should be woken.
     pub run_ready: bool,
+}
+
+/// Who acts on an inbox item: an agent by name, or an admin (who may act on
+/// an item another agent holds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxActor {
+    /// The name the action is recorded under.
+    pub name: String,
+    /// Whether the actor may override another agent's claim.
+    pub overrides_claims: bool,
+}
+
+impl InboxActor {
+    /// An agent, bound by other agents' claims.
+    pub fn agent(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            overrides_claims: false,
+        }
+    }
+
+    /// An admin, recorded as `name`, who may act on any claimed item.
+    pub fn admin(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            overrides_claims: true,
+        }
+    }
+}
+
+impl From<&str> for InboxActor {
+    fn from(name: &str) -> Self {
+        Self::agent(name)
+    }
+}
+
+/// What releasing a claimed item did.
+#[derive(Debug, Clone)]
+pub enum Release {
+    /// The item is back in the queue.
+    Released(InboxItem),
+    /// The item was not claimed: nothing changed.
+    NotClaimed(InboxItem),
+    /// Another agent holds the item (and the actor may not override it).
+    HeldByOther { holder: String },
 }

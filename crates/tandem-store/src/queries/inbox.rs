@@ -13,17 +13,17 @@ use super::messages::{insert_message, settle_draft_in};
 use super::workflows::{NewEvent, assign_in, deliver_in, lock_run};
 use crate::backend::{Tx, job, on_conn, on_pool};
 use crate::{
-    AssignedTo, Author, AuthorKind, Content, EventSource, InboxFilter, InboxItem, InboxItemId,
-    InboxKind, InboxResolution, InboxStatus, InboxStatuses, MessageId, MessageStatus,
-    NewAssignment, NewInboxItem, NewMessage, Part, Resolved, Role, RunId, RunStatus, Store,
-    StoreError, Visibility, WorkflowRun,
+    AssignedTo, Author, AuthorKind, Content, EventSource, InboxActor, InboxFilter, InboxItem,
+    InboxItemId, InboxKind, InboxResolution, InboxStatus, InboxStatuses, MessageId, MessageStatus,
+    NewAssignment, NewInboxItem, NewMessage, Part, Release, Resolved, Role, RunId, RunStatus,
+    Store, StoreError, Visibility, WorkflowRun,
 };
 
 /// The columns an inbox item is read from, as a literal for `concat!`.
 macro_rules! inbox_columns {
     () => {
         "id, kind, thread_id, message_id, tool_call_id, body, suggestion, reason, status, \
-         claimed_by, due_at, run_id, resolution, review, resolved_by, resolved_at, \
+         claimed_by, claimed_at, last_activity_at, due_at, run_id, resolution, review, resolved_by, resolved_at, \
          created_at, updated_at"
     };
 }
@@ -103,6 +103,144 @@ impl Store {
         .await
     }
 
+    /// Claims an item for `actor`, in one conditional statement: an `open`
+    /// item becomes `claimed` by the actor; an item the actor already holds
+    /// stays theirs, its activity refreshed (a claim again is idempotent).
+    /// 409 `already_claimed` when another agent holds it (whoever the actor
+    /// is: an admin takes an item over by releasing it first), `item_closed`
+    /// when it is resolved or expired.
+    pub async fn claim_inbox_item(
+        &self,
+        id: InboxItemId,
+        actor: &InboxActor,
+    ) -> Result<InboxItem, StoreError> {
+        const SQL: &str = concat!(
+            "UPDATE inbox_items SET status = 'claimed', claimed_by = $2,
+                 claimed_at = CASE WHEN status = 'claimed' THEN claimed_at ELSE $3 END,
+                 last_activity_at = $3, updated_at = $3
+             WHERE id = $1 AND (status = 'open' OR (status = 'claimed' AND claimed_by = $2))
+             RETURNING ",
+            inbox_columns!()
+        );
+        let by = actor.name.clone();
+        let now = super::now();
+        let claimed = self
+            .write(job(move |mut tx| {
+                let by = by.clone();
+                Box::pin(async move {
+                    Ok(on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
+                        .bind(id)
+                        .bind(&by)
+                        .bind(now)
+                        .fetch_optional(c)
+                        .await)?)
+                })
+            }))
+            .await?;
+        if let Some(item) = claimed {
+            return Ok(item);
+        }
+        // Why not: read after the fact, so the answer may trail a change
+        // made since, never the claim itself.
+        let item = self
+            .get_inbox_item(id)
+            .await?
+            .ok_or(StoreError::NotFound("inbox item"))?;
+        match (item.status, item.claimed_by) {
+            (InboxStatus::Claimed, Some(holder)) => Err(StoreError::conflict(
+                "already_claimed",
+                format!("inbox item {id} is claimed by {holder}"),
+            )),
+            (InboxStatus::Resolved | InboxStatus::Expired, _) => Err(StoreError::conflict(
+                "item_closed",
+                format!("inbox item {id} is already {}", item.status),
+            )),
+            _ => Err(StoreError::conflict(
+                "already_claimed",
+                format!("inbox item {id} changed while being claimed; try again"),
+            )),
+        }
+    }
+
+    /// Gives a claimed item back to the queue (`open`, claimed by nobody),
+    /// if `actor` holds it or may override claims. An item that is not
+    /// claimed is left as it is; 409 `item_closed` for a resolved or
+    /// expired one.
+    pub async fn release_inbox_item(
+        &self,
+        id: InboxItemId,
+        actor: &InboxActor,
+    ) -> Result<Release, StoreError> {
+        const SQL: &str = concat!(
+            "UPDATE inbox_items SET status = 'open', claimed_by = NULL, claimed_at = NULL,
+                 last_activity_at = NULL, updated_at = $3
+             WHERE id = $1 AND status = 'claimed' AND ($2 OR claimed_by = $4)
+             RETURNING ",
+            inbox_columns!()
+        );
+        let (by, overrides) = (actor.name.clone(), actor.overrides_claims);
+        let now = super::now();
+        let released = self
+            .write(job(move |mut tx| {
+                let by = by.clone();
+                Box::pin(async move {
+                    Ok(on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
+                        .bind(id)
+                        .bind(overrides)
+                        .bind(now)
+                        .bind(&by)
+                        .fetch_optional(c)
+                        .await)?)
+                })
+            }))
+            .await?;
+        if let Some(item) = released {
+            return Ok(Release::Released(item));
+        }
+        let item = self
+            .get_inbox_item(id)
+            .await?
+            .ok_or(StoreError::NotFound("inbox item"))?;
+        match item.status {
+            InboxStatus::Resolved | InboxStatus::Expired => Err(StoreError::conflict(
+                "item_closed",
+                format!("inbox item {id} is already {}", item.status),
+            )),
+            InboxStatus::Claimed => Ok(Release::HeldByOther {
+                holder: item.claimed_by.unwrap_or_default(),
+            }),
+            InboxStatus::Open => Ok(Release::NotClaimed(item)),
+        }
+    }
+
+    /// Gives every claim idle since before `idle_before` back to the queue,
+    /// in one guarded statement (a claim refreshed or resolved meanwhile is
+    /// left alone), and returns the items it released. Claims taken before
+    /// activity was recorded count from their last change.
+    pub async fn release_idle_claims(
+        &self,
+        idle_before: DateTime<Utc>,
+    ) -> Result<Vec<InboxItem>, StoreError> {
+        const SQL: &str = concat!(
+            "UPDATE inbox_items SET status = 'open', claimed_by = NULL, claimed_at = NULL,
+                 last_activity_at = NULL, updated_at = $2
+             WHERE status = 'claimed' AND COALESCE(last_activity_at, updated_at) < $1
+             RETURNING ",
+            inbox_columns!()
+        );
+        let now = super::now();
+        self.write(job(move |mut tx| {
+            Box::pin(async move {
+                Ok(on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
+                    .bind(idle_before)
+                    .bind(now)
+                    .fetch_all(c)
+                    .await)?)
+            })
+        }))
+        .await
+    }
+
     /// An inbox item by id.
     pub async fn get_inbox_item(&self, id: InboxItemId) -> Result<Option<InboxItem>, StoreError> {
         const SQL: &str = concat!(
@@ -143,6 +281,7 @@ impl Store {
                AND (NOT $3 OR status IN ('open', 'claimed'))
                AND ($4 IS NULL OR status = $4)
                AND ($5 IS NULL OR thread_id = $5)
+               AND ($8 IS NULL OR claimed_by = $8)
                AND ($6 IS NULL OR COALESCE(due_at, $1) > (SELECT COALESCE(c.due_at, $1)
                                                            FROM inbox_items c WHERE c.id = $6)
                     OR (COALESCE(due_at, $1) = (SELECT COALESCE(c.due_at, $1)
@@ -164,6 +303,7 @@ impl Store {
             .bind(filter.thread_id)
             .bind(filter.after)
             .bind(i64::from(filter.limit))
+            .bind(&filter.claimed_by)
             .fetch_all(p)
             .await)?)
     }
@@ -189,15 +329,16 @@ impl Store {
         &self,
         item_id: InboxItemId,
         text: String,
-        by: &str,
+        by: impl Into<InboxActor>,
         now: i64,
     ) -> Result<Resolved, StoreError> {
-        let by = by.to_owned();
+        let actor = by.into();
         self.write(job(move |mut tx| {
-            let (text, by) = (text.clone(), by.clone());
+            let (text, actor) = (text.clone(), actor.clone());
+            let by = actor.name.clone();
             Box::pin(async move {
                 let tx = &mut tx;
-                let (item, run) = take_item(tx, item_id, InboxKind::Question).await?;
+                let (item, run) = take_item(tx, item_id, InboxKind::Question, &actor).await?;
                 let tool_call_id = item.tool_call_id.clone().ok_or_else(|| {
                     StoreError::invalid(
                         "no_tool_call",
@@ -259,15 +400,16 @@ impl Store {
         &self,
         item_id: InboxItemId,
         edited: Option<String>,
-        by: &str,
+        by: impl Into<InboxActor>,
         now: i64,
     ) -> Result<Resolved, StoreError> {
-        let by = by.to_owned();
+        let actor = by.into();
         self.write(job(move |mut tx| {
-            let (edited, by) = (edited.clone(), by.clone());
+            let (edited, actor) = (edited.clone(), actor.clone());
+            let by = actor.name.clone();
             Box::pin(async move {
                 let tx = &mut tx;
-                let (item, run) = take_item(tx, item_id, InboxKind::Approval).await?;
+                let (item, run) = take_item(tx, item_id, InboxKind::Approval, &actor).await?;
                 let draft = settle_draft(tx, &item, MessageStatus::Approved).await?;
                 let mut metadata = match draft.metadata.clone() {
                     Value::Object(map) => map,
@@ -321,15 +463,16 @@ impl Store {
         &self,
         item_id: InboxItemId,
         review: String,
-        by: &str,
+        by: impl Into<InboxActor>,
         now: i64,
     ) -> Result<Resolved, StoreError> {
-        let by = by.to_owned();
+        let actor = by.into();
         self.write(job(move |mut tx| {
-            let (review, by) = (review.clone(), by.clone());
+            let (review, actor) = (review.clone(), actor.clone());
+            let by = actor.name.clone();
             Box::pin(async move {
                 let tx = &mut tx;
-                let (item, run) = take_item(tx, item_id, InboxKind::Approval).await?;
+                let (item, run) = take_item(tx, item_id, InboxKind::Approval, &actor).await?;
                 let draft = settle_draft(tx, &item, MessageStatus::Rejected).await?;
                 let thread = assign_in(
                     tx,
@@ -375,7 +518,7 @@ pub(crate) async fn open_item_in(
     const SQL: &str = concat!(
         "INSERT INTO inbox_items (",
         inbox_columns!(),
-        ") SELECT $1, $2, t.id, $4, $5, $6, $7, $8, 'open', NULL, $9, $11,
+        ") SELECT $1, $2, t.id, $4, $5, $6, $7, $8, 'open', NULL, NULL, NULL, $9, $11,
                   NULL, NULL, NULL, NULL, $10, $10
            FROM threads t WHERE t.id = $3
          RETURNING ",
@@ -398,12 +541,25 @@ pub(crate) async fn open_item_in(
     .ok_or(StoreError::NotFound("thread"))
 }
 
+/// Who holds `item`, when it is claimed by someone other than `actor` and
+/// `actor` may not override claims.
+fn held_by_other<'a>(item: &'a InboxItem, actor: &InboxActor) -> Option<&'a str> {
+    if item.status != InboxStatus::Claimed || actor.overrides_claims {
+        return None;
+    }
+    item.claimed_by
+        .as_deref()
+        .filter(|holder| *holder != actor.name)
+}
+
 /// Reads and locks an item about to be resolved, and the run waiting on it,
-/// checking that it is of `kind` and still waiting for someone.
+/// checking that it is of `kind`, still waiting for someone, and not held by
+/// another agent.
 async fn take_item(
     tx: &mut Tx<'_>,
     id: InboxItemId,
     kind: InboxKind,
+    actor: &InboxActor,
 ) -> Result<(InboxItem, Option<WorkflowRun>), StoreError> {
     const SELECT: &str = concat!(
         "SELECT ",
@@ -440,6 +596,12 @@ async fn take_item(
         return Err(StoreError::conflict(
             "item_closed",
             format!("inbox item {id} is already {}", item.status),
+        ));
+    }
+    if let Some(holder) = held_by_other(&item, actor) {
+        return Err(StoreError::conflict(
+            "claimed_by_other",
+            format!("inbox item {id} is claimed by {holder}"),
         ));
     }
     let run = match item.run_id {
