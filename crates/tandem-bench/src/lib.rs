@@ -102,3 +102,28 @@ async fn schema_ddl(url: &str, sql: &str, what: &str) -> Result<()> {
     conn.close().await.context("closing the connection")?;
     Ok(())
 }
+
+/// Reads runs back (`GET /v1/workflows/{id}`, 16 at a time, in the order
+/// of `ids`) with `client`, which carries a staff token.
+pub async fn read_runs(
+    client: &reqwest::Client,
+    base_url: &str,
+    ids: impl IntoIterator<Item = String>,
+) -> Vec<Result<Value>> {
+    futures::stream::iter(ids)
+        .map(|id| {
+            let url = format!("{base_url}/v1/workflows/{id}");
+            async move {
+                Ok(client
+                    .get(url)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json::<Value>()
+                    .await?)
+            }
+        })
+        .buffered(16)
+        .collect()
+        .await
+}

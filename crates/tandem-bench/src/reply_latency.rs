@@ -603,22 +603,8 @@ async fn stages(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    let runs: Vec<Result<Value>> = futures::stream::iter(samples)
-        .map(|sample| {
-            let url = format!("{base}/v1/workflows/{}", sample.run_id);
-            async move {
-                Ok(admin
-                    .get(url)
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json::<Value>()
-                    .await?)
-            }
-        })
-        .buffered(16)
-        .collect()
-        .await;
+    let runs =
+        tandem_bench::read_runs(admin, base, samples.iter().map(|s| s.run_id.to_string())).await;
     let mut stages = Stages::default();
     for (sample, run) in samples.iter().zip(runs) {
         let run = run?;

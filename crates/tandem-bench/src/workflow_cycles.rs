@@ -358,23 +358,8 @@ async fn verify(server: &InProcessServer, stats: &mut ClientStats) -> Result<His
         .build()?;
     let mut server_side = Histogram::new_with_bounds(1, 60_000_000, 3)?;
     let ids = stats.measured.clone();
-    let states: Vec<Result<Value>> = futures::stream::iter(ids)
-        .map(|id| {
-            let http = http.clone();
-            let url = format!("{}/v1/workflows/{id}", server.base_url);
-            async move {
-                Ok(http
-                    .get(url)
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json::<Value>()
-                    .await?)
-            }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
+    let states =
+        tandem_bench::read_runs(&http, &server.base_url, ids.iter().map(ToString::to_string)).await;
     for state in states {
         let state = state?;
         let journal = state["journal"].as_array().map_or(0, Vec::len);

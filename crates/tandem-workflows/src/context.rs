@@ -53,6 +53,10 @@ pub struct StepInfo {
     pub idempotency_key: String,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// The run, and the step's position in its journal: together they name
+    /// the step (records keyed by step, like token usage, use them).
+    pub run_id: RunId,
+    pub seq: i64,
 }
 
 /// How a wait for an event ended.
@@ -186,6 +190,8 @@ impl Context {
         let info = StepInfo {
             idempotency_key: format!("{}:{seq}", self.shared.run.id),
             attempt,
+            run_id: self.shared.run.id,
+            seq: seq as i64,
         };
         let outcome = self.guard(&mut state, action(info)).await?;
         let finished_at = self.now_instant();

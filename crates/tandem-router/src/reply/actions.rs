@@ -79,16 +79,6 @@ fn store_failed(error: StoreError) -> ActionError {
     }
 }
 
-/// The journal position of the step from its idempotency key
-/// (`"{run}:{seq}"`), which keys its usage record.
-fn step_seq(info: &StepInfo) -> i64 {
-    info.idempotency_key
-        .rsplit(':')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_default()
-}
-
 /// A message's text: its text parts, joined.
 pub(crate) fn text_of(message: &Message) -> String {
     match &message.content {
@@ -161,19 +151,11 @@ impl Replier {
         model: &str,
         usage: Usage,
     ) -> Result<(), ActionError> {
-        let Some(run_id) = info
-            .idempotency_key
-            .split(':')
-            .next()
-            .and_then(|r| r.parse().ok())
-        else {
-            return Ok(());
-        };
         self.inner
             .store
             .record_usage(UsageRecord {
-                run_id,
-                step_seq: step_seq(info),
+                run_id: info.run_id,
+                step_seq: info.seq,
                 thread_id: Some(args.thread_id),
                 purpose: purpose.to_owned(),
                 model: model.to_owned(),

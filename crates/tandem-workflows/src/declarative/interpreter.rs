@@ -399,7 +399,6 @@ impl<'a> Walk<'a> {
             .unwrap_or_default();
         let request = llm_step::Request {
             step: id.to_owned(),
-            run_id: self.ctx.run_id(),
             model,
             system,
             prompt,

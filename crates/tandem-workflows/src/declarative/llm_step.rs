@@ -10,7 +10,7 @@
 use serde_json::{Map, Value, json};
 use tandem_llm::prompt::{self, PromptOptions};
 use tandem_llm::{ChatMessage, ChatRequest, Llm, LlmError, ResponseFormat};
-use tandem_store::{RunId, Store, StoreError, ThreadId, UsageRecord};
+use tandem_store::{Store, StoreError, ThreadId, UsageRecord};
 
 use crate::context::StepInfo;
 use crate::error::ActionError;
@@ -27,7 +27,6 @@ pub const USAGE_PURPOSE: &str = "workflow";
 #[derive(Debug, Clone)]
 pub(crate) struct Request {
     pub step: String,
-    pub run_id: RunId,
     pub model: String,
     pub system: String,
     pub prompt: Option<String>,
@@ -155,16 +154,9 @@ async fn record_usage(
     model: &str,
     usage: tandem_llm::Usage,
 ) {
-    // The key is `"{run}:{seq}"`.
-    let step_seq = info
-        .idempotency_key
-        .rsplit(':')
-        .next()
-        .and_then(|seq| seq.parse().ok())
-        .unwrap_or_default();
     let record = UsageRecord {
-        run_id: request.run_id,
-        step_seq,
+        run_id: info.run_id,
+        step_seq: info.seq,
         thread_id: request.thread.as_ref().map(|t| t.thread_id),
         purpose: USAGE_PURPOSE.to_owned(),
         model: model.to_owned(),
