@@ -51,7 +51,13 @@ async fn item_frame(socket: &mut WsClient, item: &str) -> Value {
     loop {
         let frame = socket.next_of("inbox").await;
         if frame["item"]["id"] == item {
-            return frame["item"].clone();
+            // Each item comes with its thread and latest messages.
+            let mut item = frame["item"].clone();
+            let fields = item.as_object_mut().expect("an item");
+            let thread = fields.remove("thread").expect("the item's thread");
+            assert_eq!(thread["id"], fields["thread_id"], "{thread:#}");
+            assert!(fields.remove("history").is_some_and(|h| h.is_array()));
+            return item;
         }
     }
 }
@@ -86,9 +92,22 @@ async fn an_agent_claims_claims_again_and_releases_and_everyone_sees_it() {
     // `claimed_by=me` lists the caller's own.
     let mine = server.get("/v1/inbox?claimed_by=me", &alice).await;
     assert_eq!(mine.status, StatusCode::OK, "{}", mine.text);
-    assert_eq!(mine.body["items"], json!([again.body]));
+    let listed = |items: &Value| -> Vec<Value> {
+        let items = items.as_array().expect("items");
+        items
+            .iter()
+            .map(|item| {
+                let mut item = item.clone();
+                let fields = item.as_object_mut().expect("an item");
+                assert!(fields.remove("thread").is_some_and(|t| t.is_object()));
+                assert!(fields.remove("history").is_some_and(|h| h.is_array()));
+                item
+            })
+            .collect()
+    };
+    assert_eq!(listed(&mine.body["items"]), vec![again.body.clone()]);
     assert_eq!(
-        inbox(&server, "claimed_by=alice").await,
+        listed(&json!(inbox(&server, "claimed_by=alice").await)),
         vec![again.body.clone()]
     );
     assert!(inbox(&server, "claimed_by=bob").await.is_empty());
@@ -246,6 +265,9 @@ async fn of_two_agents_racing_for_an_item_exactly_one_wins_every_time() {
                 suggestion: None,
                 reason: Some("race".into()),
                 due_at: None,
+                due_in: None,
+                team: None,
+                priority: tandem_store::Priority::Normal,
                 run_id: None,
             })
             .await

@@ -365,7 +365,7 @@ async fn the_inbox_lists_by_kind_status_and_thread_and_refuses_bad_input() {
         &server,
         &agent,
         &escalation,
-        "answer",
+        "approve",
         json!({"text": "Pro"}),
     )
     .await

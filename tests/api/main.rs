@@ -4,7 +4,11 @@
 mod auth;
 mod bad_input;
 mod claims;
+mod copilot;
+mod customer_paths;
 mod customer_view;
+mod desk;
+mod desk_metrics;
 mod hub;
 mod idempotency;
 mod inbox;

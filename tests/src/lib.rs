@@ -75,6 +75,15 @@ pub struct TestServer {
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
+/// A test that ends without [`TestServer::stop`] drops its runtime with
+/// the server running: the hub lets go of the engine, so that both, and
+/// their database connections, are freed.
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.hub.detach();
+    }
+}
+
 impl TestServer {
     /// A server with the default configuration on a fresh database.
     pub async fn start() -> Self {

@@ -11,8 +11,8 @@
 //!
 //! The benchmarks themselves are binaries: `post-messages`
 //! (`src/post_messages.rs`), `ws-fanout` (`src/ws_fanout.rs`),
-//! `workflow-cycles` (`src/workflow_cycles.rs`) and `reply-latency`
-//! (`src/reply_latency.rs`).
+//! `workflow-cycles` (`src/workflow_cycles.rs`), `reply-latency`
+//! (`src/reply_latency.rs`) and `desk-handoff` (`src/desk_handoff.rs`).
 
 pub mod procfs;
 pub mod server;

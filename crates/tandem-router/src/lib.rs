@@ -8,14 +8,22 @@
 //! - [`tools`]: `ask_human` and `escalate`, with schemas from their types.
 //! - [`decision`]: what each strategy decided and why, as recorded.
 //! - [`reply`]: the `reply` workflow.
+//! - [`deadline`]: the `inbox-deadline` workflow, each item's deadline
+//!   and the policy's fallback when it passes.
+//! - [`copilot`]: replies the AI suggests to a human agent, who sends them
+//!   under its own name.
 
 pub mod classifier;
+pub mod copilot;
+pub mod deadline;
 pub mod decision;
 pub mod embeddings;
 pub mod policy;
 pub mod reply;
 pub mod tools;
 
+pub use copilot::{Copilot, CopilotError, SuggestionRequest};
+pub use deadline::DeadlineWatch;
 pub use decision::Decision;
 pub use policy::Policy;
 pub use reply::{AgentConfig, Replier, ReplyArgs, ReplyEvents, ReplyOutcome};

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tandem_store::ThreadId;
+use tandem_store::{AssignmentMode, Fallback, InboxKind, Priority, ThreadId};
 
 /// How Tandem decides who answers a customer message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -25,6 +25,7 @@ pub struct Policy {
     /// The prompt's size budget, in estimated tokens (system prompt
     /// included); the oldest turns are dropped first.
     pub history_budget_tokens: u32,
+    pub desk: DeskPolicy,
 }
 
 impl Default for Policy {
@@ -37,6 +38,7 @@ impl Default for Policy {
             approval: ApprovalPolicy::default(),
             max_model_steps: 5,
             history_budget_tokens: 8_000,
+            desk: DeskPolicy::default(),
         }
     }
 }
@@ -137,6 +139,143 @@ pub enum ApprovalMode {
     Sensitive,
 }
 
+/// The human desk: who gets an item, by when a human must respond, and
+/// what happens when nobody does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeskPolicy {
+    /// How waiting items are given to online agents.
+    pub assignment: AssignmentMode,
+    /// The capacity of an agent nobody configured.
+    pub default_capacity: u32,
+    /// Seconds humans have to respond to an item, by its priority.
+    pub deadlines: Deadlines,
+    /// Per kind of item, deadlines that replace `deadlines` (priorities not
+    /// named keep theirs).
+    pub deadlines_by_kind: KindDeadlines,
+    /// What happens when a deadline passes.
+    pub fallback: Fallback,
+    /// What the customer is told when the fallback is `hold`.
+    pub holding_message: String,
+    /// How often one item is reassigned (fallback `reassign`) before it
+    /// waits in the queue with no further deadline.
+    pub max_reassignments: u32,
+    /// How many of the thread's latest messages an inbox item carries.
+    pub item_history: u32,
+}
+
+impl Default for DeskPolicy {
+    fn default() -> Self {
+        Self {
+            assignment: AssignmentMode::LeastLoaded,
+            default_capacity: 5,
+            deadlines: Deadlines {
+                low: Some(4 * 3_600),
+                normal: Some(3_600),
+                high: Some(900),
+                urgent: Some(300),
+            },
+            deadlines_by_kind: KindDeadlines::default(),
+            fallback: Fallback::Reassign,
+            holding_message: "Thanks for your patience: a member of our team will be with you \
+                shortly."
+                .into(),
+            max_reassignments: 3,
+            item_history: 10,
+        }
+    }
+}
+
+/// Seconds to respond, per priority; none (or 0) for no deadline.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Deadlines {
+    pub low: Option<u64>,
+    pub normal: Option<u64>,
+    pub high: Option<u64>,
+    pub urgent: Option<u64>,
+}
+
+impl Deadlines {
+    fn get(&self, priority: Priority) -> Option<u64> {
+        match priority {
+            Priority::Low => self.low,
+            Priority::Normal => self.normal,
+            Priority::High => self.high,
+            Priority::Urgent => self.urgent,
+        }
+    }
+
+    fn each(&self) -> [Option<u64>; 4] {
+        [self.low, self.normal, self.high, self.urgent]
+    }
+}
+
+/// [`Deadlines`] per kind of item.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct KindDeadlines {
+    pub question: Option<Deadlines>,
+    pub approval: Option<Deadlines>,
+    pub escalation: Option<Deadlines>,
+    pub handoff: Option<Deadlines>,
+}
+
+impl DeskPolicy {
+    /// How long humans have to respond to an item of `kind` and
+    /// `priority`; none when it has no deadline.
+    pub fn due_in(&self, kind: InboxKind, priority: Priority) -> Option<std::time::Duration> {
+        let by_kind = match kind {
+            InboxKind::Question => &self.deadlines_by_kind.question,
+            InboxKind::Approval => &self.deadlines_by_kind.approval,
+            InboxKind::Escalation => &self.deadlines_by_kind.escalation,
+            InboxKind::Handoff => &self.deadlines_by_kind.handoff,
+        };
+        by_kind
+            .as_ref()
+            .and_then(|d| d.get(priority))
+            .or_else(|| self.deadlines.get(priority))
+            .filter(|secs| *secs > 0)
+            .map(std::time::Duration::from_secs)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        const YEAR: u64 = 366 * 24 * 3_600;
+        let k = &self.deadlines_by_kind;
+        let all = [
+            Some(&self.deadlines),
+            k.question.as_ref(),
+            k.approval.as_ref(),
+        ]
+        .into_iter()
+        .chain([k.escalation.as_ref(), k.handoff.as_ref()])
+        .flatten();
+        for deadlines in all {
+            if deadlines
+                .each()
+                .into_iter()
+                .flatten()
+                .any(|secs| secs > YEAR)
+            {
+                return Err("desk.deadlines: at most a year (31622400 seconds)".into());
+            }
+        }
+        if self.default_capacity > 1_000 {
+            return Err("desk.default_capacity: at most 1000".into());
+        }
+        if self.holding_message.trim().is_empty() || self.holding_message.len() > 4_000 {
+            return Err("desk.holding_message: 1 to 4000 bytes".into());
+        }
+        if self.max_reassignments > 100 {
+            return Err("desk.max_reassignments: at most 100".into());
+        }
+        if self.item_history > 100 {
+            return Err("desk.item_history: at most 100".into());
+        }
+        Ok(())
+    }
+}
+
 impl Policy {
     /// Checks what the types cannot: ranges, and each strategy once.
     pub fn validate(&self) -> Result<(), String> {
@@ -177,7 +316,7 @@ impl Policy {
         {
             return Err("classifier.instructions: at most 8000 bytes".into());
         }
-        Ok(())
+        self.desk.validate()
     }
 
     /// Whether the AI's reply in `thread` waits for approval.

@@ -21,7 +21,7 @@
 //! No database transaction is ever open while a model is called: each model
 //! call is a step of its own, and the store is written before and after it.
 
-mod actions;
+pub(crate) mod actions;
 mod handover;
 
 use std::sync::{Arc, Mutex};
@@ -525,7 +525,14 @@ impl Reply<'_> {
             .ctx
             .open_item(
                 &format!("ask:{step}"),
-                handover::question(self.args, &self.ctx.run_id(), message, call, &question),
+                handover::question(
+                    self.args,
+                    &self.ctx.run_id(),
+                    self.snapshot,
+                    message,
+                    call,
+                    &question,
+                ),
             )
             .await?;
         let event = format!("inbox:{}", opened.item.id);
@@ -686,7 +693,14 @@ impl Reply<'_> {
             .ctx
             .open_item(
                 "draft",
-                handover::approval(self.args, &self.ctx.run_id(), message, text, why),
+                handover::approval(
+                    self.args,
+                    &self.ctx.run_id(),
+                    self.snapshot,
+                    message,
+                    text,
+                    why,
+                ),
             )
             .await?;
         let draft_id = opened.message.as_ref().map(|m| m.id);
@@ -695,7 +709,13 @@ impl Reply<'_> {
             Wakeup::Event(payload) => payload,
             Wakeup::TimedOut => Value::Null,
         };
-        let approved = review.get("resolution").and_then(Value::as_str) == Some("approved");
+        // A draft whose deadline passed under the `ai_answer` fallback was
+        // published as written: the event names the reply.
+        let approved = match review.get("resolution").and_then(Value::as_str) {
+            Some("approved") => true,
+            Some("expired") => review.get("message_id").is_some_and(|id| !id.is_null()),
+            _ => false,
+        };
         let published = review
             .get("message_id")
             .and_then(|id| serde_json::from_value::<MessageId>(id.clone()).ok());

@@ -2,12 +2,15 @@
 //! WebSocket upgrade into the hub ([`ws`]), and the signed workflow hooks
 //! that need no token ([`hooks`]).
 
+pub mod agents;
 pub mod assignments;
+pub mod desk_metrics;
 pub mod hooks;
 pub mod inbox;
 pub mod messages;
 pub mod ops;
 pub mod routing;
+pub mod suggestions;
 pub mod threads;
 pub mod workflows;
 pub mod ws;
@@ -28,7 +31,10 @@ pub fn v1_router() -> ApiRouter<AppState> {
         .merge(messages::router())
         .merge(workflows::router())
         .merge(inbox::router())
+        .merge(agents::router())
+        .merge(desk_metrics::router())
         .merge(routing::router())
+        .merge(suggestions::router())
         .merge(ws::router())
 }
 

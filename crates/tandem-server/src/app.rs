@@ -131,13 +131,14 @@ pub async fn serve(
             "starting the workflow engine: {error}"
         )));
     }
-    // Idle claims go back to the queue; the hub's shutdown stops and joins
-    // the sweeper before the store closes.
-    tokio::spawn(hub.track(crate::desk::sweep_idle_claims(
-        store.clone(),
-        hub.clone(),
-        state.config.desk.clone(),
-    )));
+    // The desk's passes (idle claims, presence, assignment); the hub's
+    // shutdown stops and joins them before the store closes.
+    let desk = state.desk.clone();
+    hub.on_waiting_item({
+        let desk = desk.clone();
+        move || desk.kick()
+    });
+    tokio::spawn(hub.track(desk.run(store.clone(), hub.clone(), state.config.desk.clone())));
     // Other processes' runs that become due wake this one's dispatcher.
     let waker = engine.clone();
     hub.on_workflow_signal(move || waker.wake());

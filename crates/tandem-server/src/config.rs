@@ -240,15 +240,21 @@ impl Default for ReplyConfig {
     }
 }
 
-/// The human desk: inbox claims.
+/// The human desk: inbox claims and agents' presence. Assignment modes,
+/// capacities and deadlines are in the policy (`GET`/`PUT /v1/policy`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeskConfig {
     /// Seconds a claim may go without activity (a claim, or a claim again by
     /// its holder) before the item goes back to the queue.
     pub claim_idle_secs: u64,
-    /// Milliseconds between sweeps for idle claims.
+    /// Milliseconds between the desk's sweeps: idle claims, stale presence,
+    /// and assigning what waits (also done at once when an item opens or an
+    /// agent comes online).
     pub claim_sweep_interval_ms: u64,
+    /// Seconds an agent stays `online` or `away` without refreshing its
+    /// presence; then it is offline and its items go back to the queue.
+    pub presence_ttl_secs: u64,
 }
 
 impl Default for DeskConfig {
@@ -256,7 +262,14 @@ impl Default for DeskConfig {
         Self {
             claim_idle_secs: 600,
             claim_sweep_interval_ms: 5_000,
+            presence_ttl_secs: 120,
         }
+    }
+}
+
+impl DeskConfig {
+    pub fn presence_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.presence_ttl_secs)
     }
 }
 

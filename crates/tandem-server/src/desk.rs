@@ -1,41 +1,115 @@
-//! The human desk's background work: a claim nobody has touched for
-//! `desk.claim_idle_secs` goes back to the queue.
+//! The human desk's background work, one pass at a time:
 //!
-//! One task sweeps every `desk.claim_sweep_interval_ms` with one guarded
-//! `UPDATE … RETURNING`, so a claim refreshed or resolved at the same moment
-//! is left alone, and on PostgreSQL several processes sweeping at once
-//! release each item once. Each released item is pushed on `inbox`.
+//! - a claim nobody touched for `desk.claim_idle_secs` goes back to the
+//!   queue;
+//! - an agent that stopped refreshing its presence for
+//!   `desk.presence_ttl_secs` goes offline, and its items back to the queue;
+//! - waiting items go to online agents with room, oldest first, as the
+//!   policy's `desk.assignment` says.
+//!
+//! A pass runs every `desk.claim_sweep_interval_ms`, and at once when an
+//! item starts waiting or an agent comes online ([`Desk::kick`]). Each step
+//! is one guarded store transaction, safe with several processes sweeping.
+//! Every item a pass changes is pushed on `inbox`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_store::Store;
+use tokio::sync::Notify;
 
 use crate::config::DeskConfig;
 use crate::hub::Hub;
 
-/// Sweeps until the hub stops; run it on the hub's tracker (see
-/// [`Hub::track`]) so that shutdown waits for the sweep in flight.
-pub async fn sweep_idle_claims(store: Store, hub: Hub, config: DeskConfig) {
-    let idle = chrono::Duration::seconds(i64::try_from(config.claim_idle_secs).unwrap_or(i64::MAX));
-    let interval = Duration::from_millis(config.claim_sweep_interval_ms.max(1));
-    loop {
-        tokio::select! {
-            _ = hub.stopping() => break,
-            _ = tokio::time::sleep(interval) => {}
+/// Asks the desk for an assignment pass; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Desk {
+    kick: Arc<Notify>,
+}
+
+impl Desk {
+    /// Something changed that may let an item be assigned: the pass runs
+    /// soon (kicks while one runs fold into one more pass).
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Runs passes until the hub stops; run it on the hub's tracker (see
+    /// [`Hub::track`]) so that shutdown waits for the pass in flight.
+    pub async fn run(self, store: Store, hub: Hub, config: DeskConfig) {
+        let interval = Duration::from_millis(config.claim_sweep_interval_ms.max(1));
+        let mut next_sweep = tokio::time::Instant::now() + interval;
+        loop {
+            tokio::select! {
+                _ = hub.stopping() => break,
+                _ = tokio::time::sleep_until(next_sweep) => {
+                    next_sweep = tokio::time::Instant::now() + interval;
+                    sweep(&store, &hub, &config).await;
+                }
+                _ = self.kick.notified() => {}
+            }
+            // A pass runs to its end: stopping halfway would change items
+            // without telling anyone.
+            assign(&store, &hub, &config).await;
         }
-        // A sweep runs to its end: it is one statement, and stopping halfway
-        // would release items without telling anyone.
-        let idle_before = chrono::Utc::now()
-            .checked_sub_signed(idle)
-            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-        match store.release_idle_claims(idle_before).await {
-            Ok(released) => {
-                for item in &released {
-                    tracing::info!(item = %item.id, "desk: an idle claim went back to the queue");
+    }
+}
+
+fn ago(duration: Duration) -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    chrono::Duration::from_std(duration)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+}
+
+/// Idle claims and stale presence.
+async fn sweep(store: &Store, hub: &Hub, config: &DeskConfig) {
+    match store
+        .release_idle_claims(ago(Duration::from_secs(config.claim_idle_secs)))
+        .await
+    {
+        Ok(released) => {
+            for item in &released {
+                tracing::info!(item = %item.id, "desk: an idle claim went back to the queue");
+                hub.publish_inbox(item);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "desk: sweeping idle claims failed"),
+    }
+    match store.expire_presence(ago(config.presence_ttl())).await {
+        Ok(gone) => {
+            for change in &gone {
+                tracing::info!(
+                    agent = %change.agent.name,
+                    items = change.released.len(),
+                    "desk: an agent stopped refreshing its presence and is offline"
+                );
+                for item in &change.released {
                     hub.publish_inbox(item);
                 }
             }
-            Err(error) => tracing::warn!(%error, "desk: sweeping idle claims failed"),
         }
+        Err(error) => tracing::warn!(%error, "desk: expiring presence failed"),
+    }
+}
+
+/// Gives waiting items to online agents with room.
+async fn assign(store: &Store, hub: &Hub, config: &DeskConfig) {
+    let mode = match tandem_router::load_policy(store).await {
+        Ok(policy) => policy.desk.assignment,
+        Err(error) => {
+            tracing::warn!(%error, "desk: reading the policy failed");
+            return;
+        }
+    };
+    match store.assign_waiting(mode, ago(config.presence_ttl())).await {
+        Ok(assigned) => {
+            for item in &assigned {
+                tracing::debug!(item = %item.id, agent = ?item.claimed_by, "desk: assigned");
+                hub.publish_inbox(item);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "desk: assigning waiting items failed"),
     }
 }

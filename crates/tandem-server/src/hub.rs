@@ -75,6 +75,12 @@ struct Inner {
     /// Feeds waiting for the fetcher, and its wake-up.
     fetch_queue: Mutex<Vec<Arc<ThreadFeed>>>,
     fetch_ready: tokio::sync::Notify,
+    /// Changed inbox items, announced in order with their context by one
+    /// task (set by `start`).
+    inbox_changes: Mutex<Option<tokio::sync::mpsc::UnboundedSender<InboxItem>>>,
+    /// Called when an item is waiting for an agent (set by `serve`: the
+    /// desk's assignment pass).
+    desk_waker: Mutex<Option<WorkflowWaker>>,
     /// Streamed AI text for the other processes, sent in order by one task
     /// (PostgreSQL only; set by `start`).
     delta_signals: Mutex<Option<tokio::sync::mpsc::UnboundedSender<signals::Signal>>>,
@@ -145,6 +151,8 @@ impl Hub {
                 connections: Mutex::default(),
                 fetch_queue: Mutex::default(),
                 fetch_ready: tokio::sync::Notify::new(),
+                inbox_changes: Mutex::default(),
+                desk_waker: Mutex::default(),
                 delta_signals: Mutex::default(),
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
@@ -161,6 +169,9 @@ impl Hub {
     /// once, inside the runtime.
     pub fn start(&self) {
         self.inner.tasks.spawn(self.clone().run_fetcher());
+        let (sender, changes) = tokio::sync::mpsc::unbounded_channel();
+        *lock(&self.inner.inbox_changes) = Some(sender);
+        self.inner.tasks.spawn(self.clone().announce_inbox(changes));
         if self.inner.store.kind() == tandem_store::backend::BackendKind::Postgres {
             let hub = self.clone();
             self.inner.tasks.spawn(signals::run(hub));
@@ -188,11 +199,35 @@ impl Hub {
         *lock(&self.inner.workflow_waker) = Some(Arc::new(wake));
     }
 
+    /// Tells this process's engine that a run may have become due.
+    pub(crate) fn wake_workflows(&self) {
+        let waker = lock(&self.inner.workflow_waker).clone();
+        if let Some(wake) = waker {
+            wake();
+        }
+    }
+
+    /// Calls `wake` whenever an item is waiting for an agent: opened, or
+    /// back in the queue.
+    pub fn on_waiting_item(&self, wake: impl Fn() + Send + Sync + 'static) {
+        *lock(&self.inner.desk_waker) = Some(Arc::new(wake));
+    }
+
+    /// Lets go of what the hub was handed at start: the wakers (the
+    /// workflow waker holds the engine, which holds the hub) and the
+    /// channels of its tasks. [`Hub::shutdown`] does it first; a runtime
+    /// dropped without a shutdown (a test's, say) must do it too, or the
+    /// hub, the engine and their store's connections are never freed.
+    pub fn detach(&self) {
+        lock(&self.inner.workflow_waker).take();
+        lock(&self.inner.desk_waker).take();
+        lock(&self.inner.inbox_changes).take();
+        lock(&self.inner.delta_signals).take();
+    }
+
     /// Closes every connection (1001) and waits for the hub's tasks to end.
     pub async fn shutdown(&self) {
-        // The waker holds the engine, which holds the hub: let both go.
-        lock(&self.inner.workflow_waker).take();
-        lock(&self.inner.delta_signals).take();
+        self.detach();
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
@@ -308,9 +343,82 @@ impl Hub {
         self.to_inbox(&frame);
     }
 
-    /// An inbox item opened or changed.
+    /// An inbox item opened or changed: pushed on `inbox` with its context
+    /// (see [`tandem_store::InboxView`]), in the order of the calls.
     pub fn publish_inbox(&self, item: &InboxItem) {
-        self.to_inbox(&Utf8Bytes::from(ServerFrame::Inbox { item }.encode()));
+        if item.status == tandem_store::InboxStatus::Open {
+            let waker = lock(&self.inner.desk_waker).clone();
+            if let Some(wake) = waker {
+                wake();
+            }
+        }
+        let sender = lock(&self.inner.inbox_changes).clone();
+        match sender {
+            Some(sender) if sender.send(item.clone()).is_ok() => {}
+            // Not started, or stopping: the item alone, at once.
+            _ => {
+                let view = tandem_store::InboxView {
+                    item: item.clone(),
+                    thread: None,
+                    history: Vec::new(),
+                };
+                self.to_inbox(&Utf8Bytes::from(
+                    ServerFrame::Inbox { item: &view }.encode(),
+                ));
+            }
+        }
+    }
+
+    /// Announces changed items, in order: each batch's context is read
+    /// once, and each frame encoded once for every subscriber.
+    async fn announce_inbox(self, mut changes: tokio::sync::mpsc::UnboundedReceiver<InboxItem>) {
+        const BATCH: usize = 256;
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                _ = self.stopping() => break,
+                n = changes.recv_many(&mut batch, BATCH) => if n == 0 { break },
+            }
+            let items = std::mem::take(&mut batch);
+            let views = self.inbox_context(items).await;
+            for view in &views {
+                self.to_inbox(&Utf8Bytes::from(ServerFrame::Inbox { item: view }.encode()));
+            }
+        }
+    }
+
+    /// Items with their thread and latest messages. Without subscribers
+    /// nobody reads them, and a failed read sends the items alone rather
+    /// than nothing.
+    pub(crate) async fn inbox_context(
+        &self,
+        items: Vec<InboxItem>,
+    ) -> Vec<tandem_store::InboxView> {
+        let bare = |items: Vec<InboxItem>| {
+            items
+                .into_iter()
+                .map(|item| tandem_store::InboxView {
+                    item,
+                    thread: None,
+                    history: Vec::new(),
+                })
+                .collect()
+        };
+        if lock(&self.inner.inbox).subscribers.is_empty() {
+            return bare(items);
+        }
+        let store = &self.inner.store;
+        let history = match tandem_router::load_policy(store).await {
+            Ok(policy) => policy.desk.item_history,
+            Err(_) => tandem_router::policy::DeskPolicy::default().item_history,
+        };
+        match store.inbox_views(items.clone(), history).await {
+            Ok(views) => views,
+            Err(error) => {
+                tracing::warn!(%error, "hub: reading inbox items' context failed");
+                bare(items)
+            }
+        }
     }
 
     /// Sends a change to every live `inbox` subscriber, counting it so that

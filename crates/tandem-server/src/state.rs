@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use tandem_llm::Llm;
-use tandem_router::Replier;
+use tandem_router::{DeadlineWatch, Replier};
 use tandem_store::{Store, StoreError};
 use tandem_workflows::{Clock, Engine, Registry, SystemClock};
 
@@ -27,6 +27,8 @@ pub struct AppState {
     pub llm: Option<Llm>,
     /// Whether customer messages start `reply` runs.
     pub replies: bool,
+    /// The desk's assignment pass, to kick when work or agents change.
+    pub desk: crate::desk::Desk,
 }
 
 impl AppState {
@@ -87,6 +89,16 @@ impl AppState {
             );
             registry.register(replier.workflow());
         }
+        // Deadlines are kept whether or not this process routes replies:
+        // their runs exist from the moment their items do.
+        registry.register(
+            DeadlineWatch::new(
+                store.clone(),
+                config.agent.clone(),
+                config.desk.presence_ttl(),
+            )
+            .workflow(),
+        );
         let workflows = Engine::new(
             store.clone(),
             registry,
@@ -104,6 +116,7 @@ impl AppState {
             workflows,
             llm,
             replies,
+            desk: crate::desk::Desk::default(),
         }
     }
 }

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use tandem_store::{EffectOutput, MessageId, Store, StoreError, ThreadId, WorkflowRun};
+use tandem_store::{
+    EffectOutput, MessageId, PostedMessage, Store, StoreError, ThreadId, WorkflowRun,
+};
 use tandem_workflows::{Notifier, Registry, Signer};
 
 use crate::config::Config;
@@ -110,12 +112,7 @@ impl Notifier for Hub {
 
     fn effect(&self, effect: &EffectOutput) {
         match effect {
-            EffectOutput::Message(posted) => {
-                self.publish_message(&posted.message);
-                if let Some(thread) = &posted.reopened {
-                    self.publish_thread(thread);
-                }
-            }
+            EffectOutput::Message(posted) => self.publish_posted(posted),
             EffectOutput::Thread(thread) => self.publish_thread(thread),
             EffectOutput::Item {
                 message,
@@ -123,18 +120,48 @@ impl Notifier for Hub {
                 thread,
             } => {
                 if let Some(posted) = message {
-                    self.publish_message(&posted.message);
-                    if let Some(reopened) = &posted.reopened {
-                        self.publish_thread(reopened);
-                    }
+                    self.publish_posted(posted);
                 }
                 self.publish_inbox(item);
                 if let Some(thread) = thread {
                     self.publish_thread(thread);
                 }
             }
+            EffectOutput::Expired {
+                expiry,
+                messages,
+                thread,
+                run_ready,
+            } => {
+                for posted in messages {
+                    self.publish_posted(posted);
+                }
+                if let Some(thread) = thread {
+                    self.publish_thread(thread);
+                }
+                if let Some(item) = &expiry.item {
+                    self.publish_inbox(item);
+                }
+                if *run_ready {
+                    self.wake_workflows();
+                }
+            }
             // A reply that was not posted changed nothing.
             EffectOutput::Skipped { .. } => {}
+        }
+    }
+}
+
+impl Hub {
+    /// A message a run posted, the thread it reopened and the inbox items
+    /// it answered (a workflow speaking as a human agent).
+    fn publish_posted(&self, posted: &PostedMessage) {
+        self.publish_message(&posted.message);
+        if let Some(thread) = &posted.reopened {
+            self.publish_thread(thread);
+        }
+        for item in &posted.items {
+            self.publish_inbox(item);
         }
     }
 }

@@ -31,7 +31,7 @@ pub use error::StoreError;
 pub use model::*;
 pub use queries::assignments::{AssignedBy, Assignment};
 pub use queries::idempotency::{IdempotencyKey, Written};
-pub use queries::inbox::ASK_HUMAN_TOOL;
+pub use queries::inbox::{ASK_HUMAN_TOOL, DEADLINE_VERSION, DEADLINE_WORKFLOW};
 pub use queries::messages::PostedMessage;
 pub use queries::routing::POLICY_SETTING;
 pub use queries::signals::{SIGNAL_CHANNEL, SignalListener};

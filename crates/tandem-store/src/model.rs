@@ -1,6 +1,8 @@
 //! The data model. Names and JSON shapes here are public: they are what the
 //! REST API, the WebSocket hub and the clients see.
 
+mod desk;
+mod desk_metrics;
 mod enums;
 mod ids;
 mod inbox;
@@ -11,6 +13,8 @@ mod token;
 mod usage;
 mod workflow;
 
+pub use desk::*;
+pub use desk_metrics::*;
 pub use enums::*;
 pub use ids::*;
 pub use inbox::*;

@@ -1,6 +1,8 @@
 //! `impl Store`, split by topic.
 
 pub mod assignments;
+pub mod desk;
+pub mod desk_metrics;
 pub mod idempotency;
 pub mod inbox;
 pub mod messages;

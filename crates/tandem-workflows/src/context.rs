@@ -460,6 +460,20 @@ impl Context {
         decode(name, Some(value))
     }
 
+    /// Passes an inbox item's deadline as the step `name`, exactly once: the
+    /// expiry is recorded and the fallback applied (see
+    /// [`tandem_store::ExpiryAction`]) together with the journal entry.
+    pub async fn expire_item(
+        &self,
+        name: &str,
+        expire: tandem_store::ExpireItem,
+    ) -> Result<tandem_store::Expiry, StepError> {
+        let value = self
+            .effect("expire_item", name, StoreEffect::ExpireItem(expire))
+            .await?;
+        decode(name, Some(value))
+    }
+
     /// Posts the AI's reply as the step `name`, exactly once, unless the
     /// customer wrote again after `after_seq` or the thread went to humans
     /// (checked in the reply's own transaction): then nothing is posted,

@@ -43,6 +43,10 @@ pub(crate) struct Snapshot {
     /// An open handoff or escalation item of the thread: humans already
     /// have it, and a second one would only crowd the inbox.
     pub open_item: Option<InboxItemId>,
+    /// The thread's `metadata.priority`: with an item's kind, it picks the
+    /// item's deadline.
+    #[serde(default)]
+    pub priority: tandem_store::Priority,
 }
 
 /// The classifier's verdict.
@@ -72,7 +76,7 @@ pub(crate) struct ConfidentReply {
     pub confidence: f64,
 }
 
-fn store_failed(error: StoreError) -> ActionError {
+pub(crate) fn store_failed(error: StoreError) -> ActionError {
     match error {
         StoreError::NotFound(what) => ActionError::permanent(format!("{what} not found")),
         other => ActionError::retryable(other.to_string()),
@@ -140,6 +144,12 @@ impl Replier {
             superseded,
             customer_text,
             open_item,
+            priority: thread
+                .metadata
+                .get("priority")
+                .and_then(|p| p.as_str())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_default(),
         })
     }
 

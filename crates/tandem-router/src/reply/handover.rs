@@ -60,8 +60,11 @@ impl Handover {
                 tool_call_id: None,
                 body: snapshot.customer_text.clone(),
                 suggestion: self.suggestion,
+                due_in: snapshot.policy.desk.due_in(self.kind, snapshot.priority),
                 reason: Some(self.reason),
                 due_at: None,
+                team: None,
+                priority: snapshot.priority,
                 run_id: Some(*run),
             },
             assign,
@@ -73,6 +76,7 @@ impl Handover {
 pub(super) fn question(
     args: &ReplyArgs,
     run: &RunId,
+    snapshot: &Snapshot,
     message: NewMessage,
     call: &ToolCall,
     question: &str,
@@ -88,6 +92,12 @@ pub(super) fn question(
             suggestion: None,
             reason: Some("the AI asked the support team".into()),
             due_at: None,
+            due_in: snapshot
+                .policy
+                .desk
+                .due_in(InboxKind::Question, snapshot.priority),
+            team: None,
+            priority: snapshot.priority,
             run_id: Some(*run),
         },
         assign: None,
@@ -98,6 +108,7 @@ pub(super) fn question(
 pub(super) fn approval(
     args: &ReplyArgs,
     run: &RunId,
+    snapshot: &Snapshot,
     draft: NewMessage,
     text: String,
     why: &str,
@@ -113,6 +124,12 @@ pub(super) fn approval(
             suggestion: None,
             reason: Some(why.to_owned()),
             due_at: None,
+            due_in: snapshot
+                .policy
+                .desk
+                .due_in(InboxKind::Approval, snapshot.priority),
+            team: None,
+            priority: snapshot.priority,
             run_id: Some(*run),
         },
         assign: None,

@@ -19,8 +19,8 @@ use axum::extract::State;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tandem_store::{
-    InboxActor, InboxFilter, InboxItem, InboxItemId, InboxKind, InboxStatus, InboxStatuses,
-    Message, Release, Resolved, ThreadId,
+    ExpiryRecord, InboxActor, InboxFilter, InboxItem, InboxItemId, InboxKind, InboxStatus,
+    InboxStatuses, InboxView, Message, Release, Resolved, ThreadId,
 };
 
 use crate::AppState;
@@ -31,6 +31,7 @@ pub fn router() -> ApiRouter<AppState> {
     ApiRouter::new()
         .api_route("/v1/inbox", get(list_inbox))
         .api_route("/v1/inbox/{id}", get(get_item))
+        .api_route("/v1/inbox/{id}/expiries", get(expiries))
         .api_route("/v1/inbox/{id}/claim", post(claim))
         .api_route("/v1/inbox/{id}/release", post(release))
         .api_route("/v1/inbox/{id}/answer", post(answer))
@@ -80,14 +81,17 @@ pub struct ListInbox {
     pub thread_id: Option<ThreadId>,
     /// Only items claimed by this agent; `me` for the caller's own.
     pub claimed_by: Option<String>,
+    /// Only items for this team.
+    pub team: Option<String>,
     /// 1 to 200; 50 when absent.
     pub limit: Option<u32>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct InboxPage {
-    /// Oldest due first, then oldest opened.
-    pub items: Vec<InboxItem>,
+    /// Oldest due first, then oldest opened; each with its thread and the
+    /// thread's latest messages.
+    pub items: Vec<InboxView>,
 }
 
 /// Items, filtered, oldest due first.
@@ -115,25 +119,70 @@ async fn list_inbox(
             claimed_by: query
                 .claimed_by
                 .map(|name| if name == "me" { me } else { name }),
+            team: query.team,
             limit,
             ..InboxFilter::default()
         })
         .await?;
+    let items = state
+        .store
+        .inbox_views(items, item_history(&state).await?)
+        .await?;
     Ok(Json(InboxPage { items }))
 }
 
+/// An item with its thread and the thread's latest messages.
 async fn get_item(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(ItemPath { id }): ApiPath<ItemPath>,
-) -> Result<Json<InboxItem>, ApiError> {
+) -> Result<Json<InboxView>, ApiError> {
     staff_name(&principal)?;
     let item = state
         .store
         .get_inbox_item(item_id(&id)?)
         .await?
         .ok_or(ApiError::NotFound("inbox item"))?;
-    Ok(Json(item))
+    let views = state
+        .store
+        .inbox_views(vec![item], item_history(&state).await?)
+        .await?;
+    views
+        .into_iter()
+        .next()
+        .map(Json)
+        .ok_or(ApiError::NotFound("inbox item"))
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ExpiryList {
+    /// Oldest first.
+    pub expiries: Vec<ExpiryRecord>,
+}
+
+/// Each time the item's deadline passed, and what the fallback did.
+async fn expiries(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(ItemPath { id }): ApiPath<ItemPath>,
+) -> Result<Json<ExpiryList>, ApiError> {
+    staff_name(&principal)?;
+    let id = item_id(&id)?;
+    state
+        .store
+        .get_inbox_item(id)
+        .await?
+        .ok_or(ApiError::NotFound("inbox item"))?;
+    let expiries = state.store.item_expiries(id).await?;
+    Ok(Json(ExpiryList { expiries }))
+}
+
+/// How many of its thread's messages an item carries (the policy's).
+async fn item_history(state: &AppState) -> Result<u32, ApiError> {
+    Ok(tandem_router::load_policy(&state.store)
+        .await?
+        .desk
+        .item_history)
 }
 
 /// Claims an item for the caller: one agent at a time. Claiming an item
@@ -189,13 +238,15 @@ pub struct Resolution {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Answer {
-    /// The answer to the AI's question; the AI writes the customer's reply
-    /// from it.
+    /// A question's answer, from which the AI writes the customer's reply;
+    /// for a handoff or an escalation, the reply to the customer itself.
     pub text: String,
 }
 
 /// Answers a `question`: stored as the tool's result (`role: tool`,
-/// provider human), and the AI goes on. 409 `item_closed`, `wrong_item_kind`,
+/// provider human), and the AI goes on. Answers a `handoff` or an
+/// `escalation`: the text is the caller's reply to the customer, under its
+/// own name. 409 `item_closed`, `wrong_item_kind` (an approval),
 /// `claimed_by_other`.
 async fn answer(
     State(state): State<AppState>,
@@ -206,10 +257,26 @@ async fn answer(
     let by = actor(&principal)?;
     let id = item_id(&id)?;
     check_text(&state, "text", &request.text)?;
-    let resolved = state
+    let kind = state
         .store
-        .answer_question(id, request.text, by, now(&state))
-        .await?;
+        .get_inbox_item(id)
+        .await?
+        .ok_or(ApiError::NotFound("inbox item"))?
+        .kind;
+    let resolved = match kind {
+        InboxKind::Handoff | InboxKind::Escalation => {
+            state
+                .store
+                .answer_handoff(id, request.text, by, now(&state))
+                .await?
+        }
+        _ => {
+            state
+                .store
+                .answer_question(id, request.text, by, now(&state))
+                .await?
+        }
+    };
     Ok(Json(announce(&state, resolved)))
 }
 

@@ -73,6 +73,10 @@ async fn post_message(
         if let Some(thread) = &written.value.reopened {
             hub.publish_thread(thread);
         }
+        // A human's reply answered the thread's pending inbox items.
+        for item in &written.value.items {
+            hub.publish_inbox(item);
+        }
         // A replayed POST starts the run again: it is keyed by the message,
         // so this is a no-op unless the first attempt died before it.
         if let Some(engine) = replies

@@ -89,9 +89,19 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
     (status, Json(readiness))
 }
 
-/// Prometheus text exposition.
+/// Prometheus text exposition. The desk's series are read from the store
+/// now, over the last 24 hours; if that read fails the rest is still served.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let body = state.metrics.render(state.store.pool_stats());
+    let since = super::desk_metrics::default_since();
+    let desk = state
+        .store
+        .desk_metrics(since)
+        .await
+        .inspect_err(|error| tracing::warn!(%error, "metrics: could not read the desk's figures"))
+        .ok();
+    let body = state
+        .metrics
+        .render_with_desk(state.store.pool_stats(), desk.as_ref());
     (
         [(
             header::CONTENT_TYPE,

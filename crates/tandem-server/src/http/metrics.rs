@@ -1,7 +1,9 @@
 //! Prometheus metrics: requests by route and status, latency histograms,
 //! database pool occupancy, rate-limit refusals, WebSocket connections and
-//! workflow runs that ended. The registry lives in the
-//! app state, not in a global, so several servers can share a process.
+//! workflow runs that ended; and, read from the store at each scrape, the
+//! desk's (inbox items open, response and resolution times, expiries). The
+//! registry lives in the app state, not in a global, so several servers
+//! can share a process.
 
 use std::time::Instant;
 
@@ -9,11 +11,14 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use tandem_store::{DeskMetrics, DurationFigures};
 
 use crate::AppState;
 
@@ -188,6 +193,16 @@ impl Metrics {
 
     /// The text exposition, with the pool gauges read now.
     pub fn render(&self, pool: tandem_store::backend::PoolStats) -> String {
+        self.render_with_desk(pool, None)
+    }
+
+    /// [`Metrics::render`], and the desk's series from `desk` (read from
+    /// the store at this scrape; none when that failed).
+    pub fn render_with_desk(
+        &self,
+        pool: tandem_store::backend::PoolStats,
+        desk: Option<&DeskMetrics>,
+    ) -> String {
         self.pool
             .get_or_create(&PoolLabels { state: "idle" })
             .set(i64::from(pool.idle));
@@ -196,9 +211,85 @@ impl Metrics {
             .set(i64::from(pool.size.saturating_sub(pool.idle)));
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = text::encode_registry(&mut out, &self.registry);
+        if let Some(desk) = desk {
+            let _ = text::encode_registry(&mut out, &desk_registry(desk));
+        }
+        let _ = text::encode_eof(&mut out);
         out
     }
+}
+
+/// A label set of the desk's series: `quantile` and, but for the desk as a
+/// whole, `agent`.
+type DeskLabels = Vec<(&'static str, String)>;
+
+/// The desk's series, built afresh at each scrape from the store's figures,
+/// so that an agent who left the figures leaves no stale series. Agents
+/// are at most [`DeskMetrics::MAX_AGENTS`], which bounds the labels.
+fn desk_registry(desk: &DeskMetrics) -> Registry {
+    let mut registry = Registry::with_prefix("tandem");
+    let open = Gauge::<i64>::default();
+    open.set(gauge_value(desk.overall.open));
+    registry.register(
+        "desk_items_open",
+        "Inbox items waiting for a human now (open or claimed)",
+        open,
+    );
+    // A counter: `inbox_expiries` only grows.
+    let expired = Counter::<u64>::default();
+    expired.inc_by(desk.expiries_all_time);
+    registry.register(
+        "desk_items_expired",
+        "Times an inbox item's deadline passed, since the database began",
+        expired,
+    );
+    let first_response = Family::<DeskLabels, Gauge<f64, AtomicU64>>::default();
+    let resolution = Family::<DeskLabels, Gauge<f64, AtomicU64>>::default();
+    let agent_open = Family::<DeskLabels, Gauge>::default();
+    let quantiles = |family: &Family<DeskLabels, Gauge<f64, AtomicU64>>,
+                     figures: &DurationFigures,
+                     agent: Option<&str>| {
+        for (quantile, value) in [("0.5", figures.p50_seconds), ("0.9", figures.p90_seconds)] {
+            let Some(value) = value else { continue };
+            let mut labels = vec![("quantile", quantile.to_owned())];
+            if let Some(agent) = agent {
+                labels.push(("agent", agent.to_owned()));
+            }
+            family.get_or_create(&labels).set(value);
+        }
+    };
+    quantiles(&first_response, &desk.overall.first_response, None);
+    quantiles(&resolution, &desk.overall.resolution, None);
+    for agent in &desk.agents {
+        quantiles(&first_response, &agent.first_response, Some(&agent.agent));
+        quantiles(&resolution, &agent.resolution, Some(&agent.agent));
+        agent_open
+            .get_or_create(&vec![("agent", agent.agent.clone())])
+            .set(gauge_value(agent.claimed));
+    }
+    registry.register(
+        "desk_first_response_seconds",
+        "Time from an inbox item's opening to the first human response, over the items \
+         opened in the last 24 hours, by quantile (and agent who responded)",
+        first_response,
+    );
+    registry.register(
+        "desk_resolution_seconds",
+        "Time from an inbox item's opening to its resolution, over the items opened in \
+         the last 24 hours and resolved, by quantile (and agent who resolved it)",
+        resolution,
+    );
+    registry.register(
+        "desk_agent_open_items",
+        "Inbox items each agent holds now",
+        agent_open,
+    );
+    registry
+}
+
+fn gauge_value(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 /// Middleware recording every request under its route template (never the

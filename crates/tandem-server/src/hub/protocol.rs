@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tandem_store::{InboxItem, Message, MessageId, RunId, Thread, ThreadId, WorkflowRun};
+use tandem_store::{InboxView, Message, MessageId, RunId, Thread, ThreadId, WorkflowRun};
 
 /// Close codes the server uses beyond the standard ones.
 pub mod close {
@@ -114,7 +114,7 @@ pub enum ServerFrame<'a> {
         reset: bool,
     },
     Inbox {
-        item: &'a InboxItem,
+        item: &'a InboxView,
     },
     Workflow {
         run: &'a WorkflowRun,

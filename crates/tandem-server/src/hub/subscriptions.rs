@@ -234,6 +234,7 @@ impl Hub {
                     return Err(error.into());
                 }
             };
+            let items = self.inbox_context(items).await;
             let mut inbox = lock(&self.inner.inbox);
             if inbox.version != seen && attempt < 5 {
                 seen = inbox.version;

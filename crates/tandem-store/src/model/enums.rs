@@ -174,6 +174,62 @@ text_enum! {
 }
 
 text_enum! {
+    /// How urgent an inbox item is: with its kind, it picks the item's
+    /// deadline. Taken from the thread's `metadata.priority`.
+    pub enum Priority {
+        Low = "low",
+        Normal = "normal",
+        High = "high",
+        Urgent = "urgent",
+    }
+}
+
+// `text_enum!` derives no `Default`.
+#[allow(clippy::derivable_impls)]
+impl Default for Priority {
+    fn default() -> Self {
+        Self::Normal
+    }
+}
+
+text_enum! {
+    /// Whether a support agent takes new work from the desk.
+    pub enum Presence {
+        /// Working: the desk assigns items, up to the agent's capacity.
+        Online = "online",
+        /// Keeps its items, gets no new ones.
+        Away = "away",
+        /// Gone: its claimed items go back to the queue.
+        Offline = "offline",
+    }
+}
+
+text_enum! {
+    /// How the desk picks the agent for a waiting item.
+    pub enum AssignmentMode {
+        /// The agent holding the fewest items (then the one longest without
+        /// a new item).
+        LeastLoaded = "least_loaded",
+        /// Each agent in turn: the one longest without a new item.
+        RoundRobin = "round_robin",
+        /// The desk assigns nothing: agents claim items themselves.
+        Manual = "manual",
+    }
+}
+
+text_enum! {
+    /// What the desk does when an item's deadline passes.
+    pub enum Fallback {
+        /// Give it to another agent.
+        Reassign = "reassign",
+        /// Post the policy's holding message to the customer.
+        Hold = "hold",
+        /// Let the AI answer, with a note to the team.
+        AiAnswer = "ai_answer",
+    }
+}
+
+text_enum! {
     /// How a human resolved an inbox item.
     pub enum InboxResolution {
         /// A `question` was answered (the answer is the tool call's result).

@@ -5,8 +5,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    InboxItemId, InboxKind, InboxResolution, InboxStatus, Message, MessageId, RunId, Thread,
-    ThreadId,
+    InboxItemId, InboxKind, InboxResolution, InboxStatus, Message, MessageId, Priority, RunId,
+    Thread, ThreadId,
 };
 use crate::PostedMessage;
 
@@ -37,7 +37,19 @@ pub struct InboxItem {
     /// claiming it again); a claim idle for longer than the desk allows
     /// goes back to the queue.
     pub last_activity_at: Option<DateTime<Utc>>,
+    /// When the item should have had a human response; past it, the
+    /// policy's fallback runs.
     pub due_at: Option<DateTime<Utc>>,
+    /// The team the item is for; any agent's when none.
+    pub team: Option<String>,
+    pub priority: Priority,
+    /// When a human first responded: resolved the item, or replied in its
+    /// thread.
+    pub first_response_at: Option<DateTime<Utc>>,
+    pub first_response_by: Option<String>,
+    /// How many times the item's deadline passed.
+    pub expiries: i32,
+    pub last_expired_at: Option<DateTime<Utc>>,
     /// The workflow run waiting on the item: resolving the item sends it
     /// the event `inbox:<item id>`.
     pub run_id: Option<RunId>,
@@ -52,6 +64,20 @@ pub struct InboxItem {
     pub updated_at: DateTime<Utc>,
 }
 
+/// An inbox item with what an agent needs to act on it without opening
+/// anything else: the thread (its customer, title, assignment and the
+/// integrator's metadata) and its latest messages, internal ones included.
+/// The AI's suggestion or draft and the routing reason are the item's own
+/// `suggestion`, `body` and `reason`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InboxView {
+    #[serde(flatten)]
+    pub item: InboxItem,
+    pub thread: Option<Thread>,
+    /// The thread's latest messages, oldest first.
+    pub history: Vec<Message>,
+}
+
 /// An item to open.
 #[derive(Debug, Clone)]
 pub struct NewInboxItem {
@@ -62,7 +88,15 @@ pub struct NewInboxItem {
     pub body: Option<String>,
     pub suggestion: Option<String>,
     pub reason: Option<String>,
+    /// A fixed deadline, kept by the caller's own timer (a declarative
+    /// step's `timeout_secs`).
     pub due_at: Option<DateTime<Utc>>,
+    /// How long humans have to respond: the store sets `due_at` from it at
+    /// the moment the item opens, and creates the item's deadline run.
+    pub due_in: Option<std::time::Duration>,
+    /// The team to ask; the thread's assigned team when none.
+    pub team: Option<String>,
+    pub priority: Priority,
     /// The run that will wait for the item's resolution.
     pub run_id: Option<RunId>,
 }
@@ -87,6 +121,8 @@ pub struct InboxFilter {
     pub thread_id: Option<ThreadId>,
     /// Only items claimed by this agent.
     pub claimed_by: Option<String>,
+    /// Only items for this team.
+    pub team: Option<String>,
     /// Only items after this one in the listing's order (the page cursor:
     /// the last item of the previous page).
     pub after: Option<InboxItemId>,
@@ -100,6 +136,7 @@ impl Default for InboxFilter {
             status: InboxStatuses::Pending,
             thread_id: None,
             claimed_by: None,
+            team: None,
             after: None,
             limit: 50,
         }

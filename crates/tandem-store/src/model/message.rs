@@ -33,13 +33,15 @@ pub struct Message {
 /// Metadata keys that are for staff only: how the reply was decided and
 /// reviewed, and what it cost. A customer's view of a message leaves them
 /// out.
-pub const STAFF_METADATA: [&str; 6] = [
+pub const STAFF_METADATA: [&str; 8] = [
     "routing",
     "decisions",
     "run_id",
     "approval",
     "usage",
     "confidence",
+    "suggestion",
+    "desk",
 ];
 
 impl Message {

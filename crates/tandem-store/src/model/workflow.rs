@@ -163,6 +163,9 @@ pub enum StoreEffect {
         /// that message's own reply will carry the answer.
         follow_up: bool,
     },
+    /// Passes an inbox item's deadline: records the expiry and applies the
+    /// policy's fallback.
+    ExpireItem(super::ExpireItem),
 }
 
 /// An inbox item to open, as one effect: `message` is posted first (the
@@ -221,6 +224,14 @@ pub enum EffectOutput {
     Skipped {
         reason: SkipReason,
     },
+    /// A [`StoreEffect::ExpireItem`]: what it did, the messages it posted,
+    /// the thread it reassigned, and whether a run became due.
+    Expired {
+        expiry: super::Expiry,
+        messages: Vec<crate::PostedMessage>,
+        thread: Option<super::Thread>,
+        run_ready: bool,
+    },
 }
 
 impl EffectOutput {
@@ -243,6 +254,7 @@ impl EffectOutput {
             Self::Skipped { reason } => {
                 serde_json::to_value(PostedReply::Skipped { skipped: *reason })
             }
+            Self::Expired { expiry, .. } => serde_json::to_value(expiry),
         }
     }
 }

@@ -10,23 +10,32 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::messages::{insert_message, settle_draft_in};
-use super::workflows::{NewEvent, assign_in, deliver_in, lock_run};
+use super::workflows::{NewEvent, assign_in, create_run_in, deliver_in, lock_run};
 use crate::backend::{Tx, job, on_conn, on_pool};
 use crate::{
     AssignedTo, Author, AuthorKind, Content, EventSource, InboxActor, InboxFilter, InboxItem,
-    InboxItemId, InboxKind, InboxResolution, InboxStatus, InboxStatuses, MessageId, MessageStatus,
-    NewAssignment, NewInboxItem, NewMessage, Part, Release, Resolved, Role, RunId, RunStatus,
-    Store, StoreError, Visibility, WorkflowRun,
+    InboxItemId, InboxKind, InboxResolution, InboxStatus, InboxStatuses, InboxView, Message,
+    MessageId, MessageStatus, NewAssignment, NewInboxItem, NewMessage, NewRun, Part, Release,
+    Resolved, Role, RunId, RunStatus, Store, StoreError, Thread, ThreadId, Visibility, WorkflowRun,
 };
 
 /// The columns an inbox item is read from, as a literal for `concat!`.
 macro_rules! inbox_columns {
     () => {
         "id, kind, thread_id, message_id, tool_call_id, body, suggestion, reason, status, \
-         claimed_by, claimed_at, last_activity_at, due_at, run_id, resolution, review, resolved_by, resolved_at, \
-         created_at, updated_at"
+         claimed_by, claimed_at, last_activity_at, due_at, team, priority, first_response_at, \
+         first_response_by, expiries, last_expired_at, run_id, resolution, review, resolved_by, \
+         resolved_at, created_at, updated_at"
     };
 }
+
+pub(crate) use inbox_columns;
+
+/// The workflow that carries an item's deadline: one run per item with a
+/// deadline, created with the item and due when the deadline passes.
+pub const DEADLINE_WORKFLOW: &str = "inbox-deadline";
+/// The version of [`DEADLINE_WORKFLOW`] runs are created at.
+pub const DEADLINE_VERSION: &str = "1";
 
 /// The name of the tool whose calls `question` items answer.
 pub const ASK_HUMAN_TOOL: &str = "ask_human";
@@ -282,6 +291,7 @@ impl Store {
                AND ($4 IS NULL OR status = $4)
                AND ($5 IS NULL OR thread_id = $5)
                AND ($8 IS NULL OR claimed_by = $8)
+               AND ($9 IS NULL OR team = $9)
                AND ($6 IS NULL OR COALESCE(due_at, $1) > (SELECT COALESCE(c.due_at, $1)
                                                            FROM inbox_items c WHERE c.id = $6)
                     OR (COALESCE(due_at, $1) = (SELECT COALESCE(c.due_at, $1)
@@ -304,8 +314,39 @@ impl Store {
             .bind(filter.after)
             .bind(i64::from(filter.limit))
             .bind(&filter.claimed_by)
+            .bind(&filter.team)
             .fetch_all(p)
             .await)?)
+    }
+
+    /// Items with their context ([`InboxView`]): the thread and its latest
+    /// `history` messages, read once per thread.
+    pub async fn inbox_views(
+        &self,
+        items: Vec<InboxItem>,
+        history: u32,
+    ) -> Result<Vec<InboxView>, StoreError> {
+        let mut threads: std::collections::HashMap<ThreadId, (Option<Thread>, Vec<Message>)> =
+            std::collections::HashMap::new();
+        let mut views = Vec::with_capacity(items.len());
+        for item in items {
+            let (thread, history) = match threads.entry(item.thread_id) {
+                std::collections::hash_map::Entry::Occupied(known) => known.get().clone(),
+                std::collections::hash_map::Entry::Vacant(unknown) => {
+                    let read = tokio::try_join!(
+                        self.get_thread(item.thread_id, None),
+                        self.prompt_history(item.thread_id, history),
+                    )?;
+                    unknown.insert(read).clone()
+                }
+            };
+            views.push(InboxView {
+                item,
+                thread,
+                history,
+            });
+        }
+        Ok(views)
     }
 
     /// The items a run waits on that are still open or claimed, oldest first.
@@ -391,6 +432,64 @@ impl Store {
         .await
     }
 
+    /// Answers a `handoff` or an `escalation`: `text` is posted to the
+    /// customer as the agent's reply (public, `agent_name` and provider
+    /// `human`), and the item is resolved `answered`.
+    pub async fn answer_handoff(
+        &self,
+        item_id: InboxItemId,
+        text: String,
+        by: impl Into<InboxActor>,
+        now: i64,
+    ) -> Result<Resolved, StoreError> {
+        let actor = by.into();
+        self.write(job(move |mut tx| {
+            let (text, actor) = (text.clone(), actor.clone());
+            let by = actor.name.clone();
+            Box::pin(async move {
+                let tx = &mut tx;
+                let (item, run) = take_item(tx, item_id, InboxKind::Handoff, &actor).await?;
+                let reply = NewMessage {
+                    id: None,
+                    thread_id: item.thread_id,
+                    role: Role::Assistant,
+                    agent_name: Some(by.clone()),
+                    author: Author {
+                        kind: AuthorKind::Human,
+                        id: Some(by.clone()),
+                    },
+                    content: Content::Text(text.clone()),
+                    visibility: Visibility::Public,
+                    status: MessageStatus::Published,
+                    metadata: json!({
+                        "provider": "human",
+                        "providerMetadata": {"human": {"name": by}},
+                    }),
+                    reply_to: item.message_id,
+                    customer_scope: None,
+                };
+                let posted = insert_message(tx, reply).await?;
+                let resolution = Resolution {
+                    kind: InboxResolution::Answered,
+                    by,
+                    review: None,
+                    text: Some(text),
+                    message_id: Some(posted.message.id),
+                };
+                let (item, run, run_ready) = resolve(tx, &item, run, resolution, now).await?;
+                Ok(Resolved {
+                    item,
+                    thread: posted.reopened.clone(),
+                    message: Some(posted),
+                    draft: None,
+                    run,
+                    run_ready,
+                })
+            })
+        }))
+        .await
+    }
+
     /// Approves an `approval`'s draft, `edited` or as it is: the draft
     /// becomes `approved` (and stays internal), and the reply is published
     /// as the thread's next message, with `metadata.approval` saying who
@@ -410,31 +509,13 @@ impl Store {
             Box::pin(async move {
                 let tx = &mut tx;
                 let (item, run) = take_item(tx, item_id, InboxKind::Approval, &actor).await?;
-                let draft = settle_draft(tx, &item, MessageStatus::Approved).await?;
-                let mut metadata = match draft.metadata.clone() {
-                    Value::Object(map) => map,
-                    _ => serde_json::Map::new(),
-                };
-                metadata.insert(
-                    "approval".into(),
-                    json!({"draft_id": draft.id, "approved_by": by, "edited": edited.is_some()}),
-                );
-                let reply = NewMessage {
-                    id: None,
-                    thread_id: item.thread_id,
-                    role: Role::Assistant,
-                    agent_name: draft.agent_name.clone(),
-                    author: draft.author.clone(),
-                    content: edited
-                        .clone()
-                        .map_or_else(|| draft.content.clone(), Content::Text),
-                    visibility: Visibility::Public,
-                    status: MessageStatus::Published,
-                    metadata: Value::Object(metadata),
-                    reply_to: draft.reply_to,
-                    customer_scope: None,
-                };
-                let posted = insert_message(tx, reply).await?;
+                let (draft, posted) = publish_draft_in(
+                    tx,
+                    &item,
+                    edited.clone(),
+                    json!({"approved_by": by, "edited": edited.is_some()}),
+                )
+                .await?;
                 let resolution = Resolution {
                     kind: InboxResolution::Approved,
                     by,
@@ -509,7 +590,11 @@ impl Store {
     }
 }
 
-/// Inserts an item of an existing thread.
+/// Inserts an item of an existing thread. Its team is the one named, else
+/// the team of the thread's latest assignment; its deadline is `due_at`, or
+/// `due_in` from now, in which case the item's deadline run is created in
+/// the same transaction ([`DEADLINE_WORKFLOW`]), so a deadline can never be
+/// left without its timer.
 pub(crate) async fn open_item_in(
     tx: &mut Tx<'_>,
     id: InboxItemId,
@@ -518,13 +603,20 @@ pub(crate) async fn open_item_in(
     const SQL: &str = concat!(
         "INSERT INTO inbox_items (",
         inbox_columns!(),
-        ") SELECT $1, $2, t.id, $4, $5, $6, $7, $8, 'open', NULL, NULL, NULL, $9, $11,
-                  NULL, NULL, NULL, NULL, $10, $10
+        ") SELECT $1, $2, t.id, $4, $5, $6, $7, $8, 'open', NULL, NULL, NULL, $9,
+                  COALESCE($12, (SELECT a.team FROM assignments a WHERE a.thread_id = t.id
+                                 ORDER BY a.id DESC LIMIT 1)),
+                  $13, NULL, NULL, 0, NULL, $11, NULL, NULL, NULL, NULL, $10, $10
            FROM threads t WHERE t.id = $3
          RETURNING ",
         inbox_columns!()
     );
-    on_conn!(tx, c => sqlx::query_as::<_, InboxItem>(SQL)
+    let now = super::now();
+    let due_at = new.due_at.or_else(|| {
+        let due_in = chrono::Duration::from_std(new.due_in?).ok()?;
+        now.checked_add_signed(due_in)
+    });
+    let item = on_conn!(tx, c => sqlx::query_as::<_, InboxItem>(SQL)
         .bind(id)
         .bind(new.kind)
         .bind(new.thread_id)
@@ -533,12 +625,65 @@ pub(crate) async fn open_item_in(
         .bind(&new.body)
         .bind(&new.suggestion)
         .bind(&new.reason)
-        .bind(new.due_at)
-        .bind(super::now())
+        .bind(due_at)
+        .bind(now)
         .bind(new.run_id)
+        .bind(&new.team)
+        .bind(new.priority)
         .fetch_optional(c)
         .await)?
-    .ok_or(StoreError::NotFound("thread"))
+    .ok_or(StoreError::NotFound("thread"))?;
+    if let (Some(due_at), Some(_)) = (item.due_at, new.due_in) {
+        create_run_in(
+            tx,
+            &NewRun {
+                name: DEADLINE_WORKFLOW.into(),
+                version: DEADLINE_VERSION.into(),
+                args: json!({"item_id": item.id}),
+                has_on_complete: false,
+            },
+            super::workflows::micros(due_at),
+        )
+        .await?;
+    }
+    Ok(item)
+}
+
+/// Publishes an approval's draft (`edited`, or as written) as the thread's
+/// next public message, the draft becoming `approved`; `approval` (who, how)
+/// is recorded in the reply's `metadata.approval`, with the draft's id.
+pub(crate) async fn publish_draft_in(
+    tx: &mut Tx<'_>,
+    item: &InboxItem,
+    edited: Option<String>,
+    approval: Value,
+) -> Result<(crate::Message, crate::PostedMessage), StoreError> {
+    let draft = settle_draft(tx, item, MessageStatus::Approved).await?;
+    let mut metadata = match draft.metadata.clone() {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    let mut approval = match approval {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    approval.insert("draft_id".into(), json!(draft.id));
+    metadata.insert("approval".into(), Value::Object(approval));
+    let reply = NewMessage {
+        id: None,
+        thread_id: item.thread_id,
+        role: Role::Assistant,
+        agent_name: draft.agent_name.clone(),
+        author: draft.author.clone(),
+        content: edited.map_or_else(|| draft.content.clone(), Content::Text),
+        visibility: Visibility::Public,
+        status: MessageStatus::Published,
+        metadata: Value::Object(metadata),
+        reply_to: draft.reply_to,
+        customer_scope: None,
+    };
+    let posted = insert_message(tx, reply).await?;
+    Ok((draft, posted))
 }
 
 /// Who holds `item`, when it is claimed by someone other than `actor` and
@@ -586,7 +731,14 @@ async fn take_item(
         }
     }
     .ok_or(StoreError::NotFound("inbox item"))?;
-    if item.kind != kind {
+    let kind_fits = match kind {
+        // An escalation and a handoff ask for the same: a human's reply.
+        InboxKind::Handoff | InboxKind::Escalation => {
+            matches!(item.kind, InboxKind::Handoff | InboxKind::Escalation)
+        }
+        kind => item.kind == kind,
+    };
+    if !kind_fits {
         return Err(StoreError::conflict(
             "wrong_item_kind",
             format!("inbox item {id} is a {} item, not a {kind} item", item.kind),
@@ -608,6 +760,19 @@ async fn take_item(
         Some(run_id) => Some(lock_run(tx, run_id).await?),
         None => None,
     };
+    // A question or a draft belongs to its reply run: once that run was
+    // cancelled (a takeover, an operator), answering or approving it would
+    // publish a reply nobody is waiting for.
+    if matches!(kind, InboxKind::Question | InboxKind::Approval)
+        && run
+            .as_ref()
+            .is_some_and(|r| r.status == RunStatus::Cancelled)
+    {
+        return Err(StoreError::conflict(
+            "run_cancelled",
+            format!("the reply inbox item {id} belongs to was cancelled"),
+        ));
+    }
     Ok((item, run))
 }
 
@@ -656,7 +821,10 @@ async fn resolve(
     const SQL: &str = concat!(
         "UPDATE inbox_items SET
              status = 'resolved', resolution = $2, review = $3, resolved_by = $4,
-             resolved_at = $5, updated_at = $5
+             resolved_at = $5, updated_at = $5,
+             first_response_by = CASE WHEN first_response_at IS NULL THEN $4
+                                      ELSE first_response_by END,
+             first_response_at = COALESCE(first_response_at, $5)
          WHERE id = $1 RETURNING ",
         inbox_columns!()
     );

@@ -6,10 +6,11 @@ use serde_json::Value;
 use sqlx::types::Json;
 
 use super::idempotency::{IdempotencyKey, Written};
+use super::inbox::inbox_columns;
 use crate::backend::{Pool, Tx, job, on_conn, on_pool};
 use crate::{
-    Author, AuthorKind, Content, Message, MessageFilter, MessageId, MessageStatus, NewMessage,
-    Part, Role, Store, StoreError, Thread, ThreadId, ThreadStatus, Visibility,
+    Author, AuthorKind, Content, InboxItem, Message, MessageFilter, MessageId, MessageStatus,
+    NewMessage, Part, Role, Store, StoreError, Thread, ThreadId, ThreadStatus, Visibility,
 };
 
 /// The columns a message row is read from, as a literal for `concat!`.
@@ -67,6 +68,12 @@ pub struct PostedMessage {
     pub message: Message,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reopened: Option<Thread>,
+    /// The inbox items of the thread this message changed: a human agent's
+    /// public reply is the first response to every pending item, and
+    /// resolves its handoffs and escalations. Not kept in an idempotency
+    /// record (`skip`), so a replayed POST pushes no stale item.
+    #[serde(skip)]
+    pub items: Vec<InboxItem>,
 }
 
 impl Store {
@@ -283,6 +290,14 @@ pub(crate) async fn insert_message(
             false,
         ),
     };
+    // Before the insert: on PostgreSQL this locks the thread's pending
+    // items and the insert then locks the thread, the order a resolution
+    // takes them (item, run, thread), so an approval racing a reply waits
+    // instead of deadlocking. Nothing changes if the insert then fails.
+    let items = match human_reply_by(&new) {
+        Some(agent) => respond_to_items(tx, new.thread_id, agent, now).await?,
+        None => Vec::new(),
+    };
     let inserted: Option<(i64, Option<String>, Option<MessageId>, bool)> =
         on_conn!(tx, c => sqlx::query_as(sql)
         .bind(id)
@@ -310,6 +325,7 @@ pub(crate) async fn insert_message(
         })?;
     let (seq, author_id, reply_to, closed_in_insert) =
         inserted.ok_or(StoreError::NotFound("thread"))?;
+
     let was_closed = new.role == Role::User && (closed_before || closed_in_insert);
     if let Some(wanted) = new.reply_to
         && reply_to != Some(wanted)
@@ -355,7 +371,64 @@ pub(crate) async fn insert_message(
     } else {
         None
     };
-    Ok(PostedMessage { message, reopened })
+    Ok(PostedMessage {
+        message,
+        reopened,
+        items,
+    })
+}
+
+/// The agent, when `new` is a human agent's reply the customer sees: what
+/// counts as a human response to the thread's inbox items.
+fn human_reply_by(new: &NewMessage) -> Option<&str> {
+    let reply = new.role == Role::Assistant
+        && new.author.kind == AuthorKind::Human
+        && new.visibility == Visibility::Public
+        && new.status == MessageStatus::Published;
+    reply
+        .then(|| new.agent_name.as_deref().or(new.author.id.as_deref()))
+        .flatten()
+}
+
+/// A human agent replied to the customer in `thread_id`: each pending item
+/// of the thread gets its first response (if it has none), and handoffs and
+/// escalations, which ask for just that reply, are resolved `answered` by
+/// the agent. Questions and approvals wait for their own routes. Returns
+/// the items changed.
+async fn respond_to_items(
+    tx: &mut Tx<'_>,
+    thread_id: ThreadId,
+    agent: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<InboxItem>, StoreError> {
+    // Each SET expression reads the row as it was before the update.
+    const SQL: &str = concat!(
+        "UPDATE inbox_items SET
+             first_response_by = CASE WHEN first_response_at IS NULL THEN $2
+                                      ELSE first_response_by END,
+             first_response_at = COALESCE(first_response_at, $3),
+             status = CASE WHEN kind IN ('handoff', 'escalation') THEN 'resolved'
+                           ELSE status END,
+             resolution = CASE WHEN kind IN ('handoff', 'escalation') THEN 'answered'
+                               ELSE resolution END,
+             resolved_by = CASE WHEN kind IN ('handoff', 'escalation') THEN $2
+                                ELSE resolved_by END,
+             resolved_at = CASE WHEN kind IN ('handoff', 'escalation') THEN $3
+                                ELSE resolved_at END,
+             updated_at = $3
+         WHERE thread_id = $1 AND status IN ('open', 'claimed')
+           AND (first_response_at IS NULL OR kind IN ('handoff', 'escalation'))
+         RETURNING ",
+        inbox_columns!()
+    );
+    let mut items = on_conn!(tx, c => sqlx::query_as::<_, InboxItem>(SQL)
+        .bind(thread_id)
+        .bind(agent)
+        .bind(now)
+        .fetch_all(c)
+        .await)?;
+    items.sort_by_key(|item| item.id);
+    Ok(items)
 }
 
 async fn record_tool_call(

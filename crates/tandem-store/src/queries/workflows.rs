@@ -21,7 +21,7 @@ pub use runs::ClaimRequest;
 
 pub(crate) use events::deliver_in;
 pub(crate) use journal::assign_in;
-pub(crate) use runs::lock_run;
+pub(crate) use runs::{create_run_in, lock_run};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;

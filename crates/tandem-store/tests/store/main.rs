@@ -41,6 +41,9 @@ fn item(kind: InboxKind, thread: ThreadId) -> NewInboxItem {
         suggestion: None,
         reason: None,
         due_at: None,
+        due_in: None,
+        team: None,
+        priority: tandem_store::Priority::Normal,
         run_id: None,
     }
 }
@@ -773,20 +776,22 @@ async fn a_rejection_records_the_review_and_hands_the_thread_to_humans() {
 }
 
 #[tokio::test]
-async fn a_resolution_of_an_item_whose_run_has_ended_tells_nobody() {
+async fn a_draft_whose_run_was_cancelled_is_never_approved() {
     let t = TestStore::fresh().await;
     let (_thread, run, approval) = drafted(&t, "Draft.").await;
     t.store
         .cancel_run(run.lease.run_id, now())
         .await
         .expect("cancel");
-    let resolved = t
+    let refused = t
         .store
         .approve_draft(approval.id, None, "alice", now())
         .await
-        .expect("approve");
-    assert!(!resolved.run_ready);
-    assert_eq!(resolved.run.expect("run").status, RunStatus::Cancelled);
+        .expect_err("approving a cancelled reply's draft");
+    assert!(
+        matches!(&refused, StoreError::Conflict { code, .. } if *code == "run_cancelled"),
+        "{refused:?}"
+    );
     assert!(
         t.store
             .run_events(run.lease.run_id, false)

@@ -66,6 +66,9 @@ impl Origin<'_> {
             suggestion: None,
             reason: self.reason.clone(),
             due_at: self.due_at,
+            due_in: None,
+            team: None,
+            priority: tandem_store::Priority::Normal,
             run_id: Some(self.run_id),
         }
     }

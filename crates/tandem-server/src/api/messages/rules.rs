@@ -20,7 +20,7 @@ use crate::config::Limits;
 use crate::http::{ApiError, Principal};
 
 /// Metadata keys only the server (or an admin) writes.
-const RESERVED_METADATA: [&str; 8] = [
+const RESERVED_METADATA: [&str; 10] = [
     "provider",
     "providerMetadata",
     "usage",
@@ -29,6 +29,8 @@ const RESERVED_METADATA: [&str; 8] = [
     "decisions",
     "run_id",
     "approval",
+    "suggestion",
+    "desk",
 ];
 
 const MAX_NAME_CHARS: usize = 128;

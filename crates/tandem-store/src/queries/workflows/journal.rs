@@ -234,6 +234,7 @@ async fn apply_effect(
         StoreEffect::PostMessage(new) => EffectOutput::Message(insert_message(tx, new).await?),
         StoreEffect::Assign(assignment) => EffectOutput::Thread(assign_in(tx, assignment).await?),
         StoreEffect::OpenItem(open) => open_item(tx, open).await?,
+        StoreEffect::ExpireItem(expire) => crate::queries::desk::expire_item_in(tx, expire).await?,
         StoreEffect::PostReply {
             message,
             after_seq,

@@ -80,38 +80,12 @@ impl Store {
         claim_for: Option<(String, i64)>,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Written<WorkflowRun>, StoreError> {
-        const SQL: &str = concat!(
-            "INSERT INTO workflow_runs
-                 (id, name, version, args, status, ready_at, lease_owner, lease_until,
-                  generation, attempts, finalize, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $8, $8, $9, $10, $10)
-             RETURNING ",
-            run_columns!()
-        );
         self.write_once(
             idempotency,
             job(move |mut tx| {
                 let new = new.clone();
                 let claim_for = claim_for.clone();
-                Box::pin(async move {
-                    let id = RunId::new();
-                    let (owner, until) = claim_for.unzip();
-                    let generation = i64::from(owner.is_some());
-                    let row = on_conn!(&mut tx, c => sqlx::query_as::<_, RunRow>(SQL)
-                        .bind(id)
-                        .bind(&new.name)
-                        .bind(&new.version)
-                        .bind(Json(&new.args))
-                        .bind(now)
-                        .bind(owner)
-                        .bind(until)
-                        .bind(generation)
-                        .bind(new.has_on_complete)
-                        .bind(crate::queries::now())
-                        .fetch_one(c)
-                        .await)?;
-                    Ok(WorkflowRun::from(row))
-                })
+                Box::pin(async move { insert_run(&mut tx, &new, now, claim_for).await })
             }),
         )
         .await
@@ -484,6 +458,50 @@ impl Store {
 }
 
 /// Reads a run, locking its row on PostgreSQL (SQLite has one writer).
+/// Creates a run in the caller's transaction, ready at `ready_at` (µs,
+/// workflow clock), for whichever process claims it first: how a store
+/// write starts the run that must follow it, atomically.
+pub(crate) async fn create_run_in(
+    tx: &mut Tx<'_>,
+    new: &NewRun,
+    ready_at: i64,
+) -> Result<WorkflowRun, StoreError> {
+    insert_run(tx, new, ready_at, None).await
+}
+
+async fn insert_run(
+    tx: &mut Tx<'_>,
+    new: &NewRun,
+    ready_at: i64,
+    claim_for: Option<(String, i64)>,
+) -> Result<WorkflowRun, StoreError> {
+    const SQL: &str = concat!(
+        "INSERT INTO workflow_runs
+             (id, name, version, args, status, ready_at, lease_owner, lease_until,
+              generation, attempts, finalize, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $8, $8, $9, $10, $10)
+         RETURNING ",
+        run_columns!()
+    );
+    let id = RunId::new();
+    let (owner, until) = claim_for.unzip();
+    let generation = i64::from(owner.is_some());
+    let row = on_conn!(tx, c => sqlx::query_as::<_, RunRow>(SQL)
+        .bind(id)
+        .bind(&new.name)
+        .bind(&new.version)
+        .bind(Json(&new.args))
+        .bind(ready_at)
+        .bind(owner)
+        .bind(until)
+        .bind(generation)
+        .bind(new.has_on_complete)
+        .bind(crate::queries::now())
+        .fetch_one(c)
+        .await)?;
+    Ok(WorkflowRun::from(row))
+}
+
 pub(crate) async fn lock_run(tx: &mut Tx<'_>, id: RunId) -> Result<WorkflowRun, StoreError> {
     let row = match tx {
         Tx::Postgres(c) => {

@@ -1,0 +1,275 @@
+//! Copilot suggestions: a human agent asks the AI for a reply it may send,
+//! as written or edited, under its own name.
+//!
+//! A suggestion is built from the thread's history like an AI reply (the
+//! same prompt builder, system prompt and `history_budget_tokens`), plus
+//! Tandem's instruction that the AI is drafting for a named person, and the
+//! agent's own guidance when given. It is one plain model call: no tools
+//! (nothing may act on the thread on a draft's behalf) and no streaming
+//! (customers must never see a character of it). The answer is stored as an
+//! internal message of the thread, so it stays with staff on every path
+//! that already keeps internal notes from customers (REST, WebSocket
+//! replay and live), and it never enters a later prompt (the prompt builder
+//! leaves internal notes out).
+//!
+//! Sending it is an agent's ordinary reply with `metadata.suggestion`
+//! pointing back at it; [`sent_key`] makes that happen at most once.
+
+use serde_json::{Value, json};
+use tandem_llm::prompt::{self, PromptOptions};
+use tandem_llm::{ChatMessage, ChatRequest, Delta, Llm, LlmError};
+use tandem_store::{
+    Author, AuthorKind, Content, IdempotencyKey, Message, MessageFilter, MessageId, MessageStatus,
+    NewMessage, Role, Store, StoreError, ThreadId, Visibility,
+};
+
+use crate::reply::AgentConfig;
+
+/// The metadata key of a suggestion (`{"requested_by", "instructions"?}`)
+/// and of a reply sent from one (`{"id", "edited"}`).
+pub const SUGGESTION: &str = "suggestion";
+/// Most characters of an agent's guidance for one suggestion.
+pub const MAX_INSTRUCTIONS_CHARS: usize = 2_000;
+/// How many of the newest messages are read; the token budget trims them.
+const HISTORY_WINDOW: u32 = 200;
+/// Messages read per page when looking a suggestion up in its thread.
+const PAGE: u32 = 500;
+/// The idempotency scope that records a suggestion as sent, keyed by its id.
+const SENT_SCOPE: &str = "copilot:suggestion-sent";
+
+/// Why no suggestion was made.
+#[derive(Debug, thiserror::Error)]
+pub enum CopilotError {
+    #[error("thread not found")]
+    ThreadNotFound,
+    /// The model failed after the client's retries (or could not be asked).
+    #[error("the model failed: {0}")]
+    Model(#[source] LlmError),
+    /// The model answered with no text.
+    #[error("the model's answer was empty")]
+    EmptyAnswer,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What an agent asks for.
+#[derive(Debug, Clone)]
+pub struct SuggestionRequest {
+    pub thread_id: ThreadId,
+    /// The human agent who will send the reply under their own name.
+    pub requested_by: String,
+    /// The agent's guidance for this draft, already length-checked.
+    pub instructions: Option<String>,
+}
+
+/// Makes suggestions. Cheap to clone.
+#[derive(Clone)]
+pub struct Copilot {
+    store: Store,
+    llm: Llm,
+    agent: AgentConfig,
+}
+
+impl Copilot {
+    pub fn new(store: Store, llm: Llm, agent: AgentConfig) -> Self {
+        Self { store, llm, agent }
+    }
+
+    /// The chat turns the model gets for `request`, and the newest customer
+    /// message (what the suggestion answers). No transaction is held while
+    /// the model is called: this reads, [`Copilot::suggest`] then writes.
+    pub async fn prompt(
+        &self,
+        request: &SuggestionRequest,
+    ) -> Result<(Vec<ChatMessage>, Option<MessageId>), CopilotError> {
+        let store = &self.store;
+        let (thread, policy, history, handed_back_at) = tokio::join!(
+            store.get_thread(request.thread_id, None),
+            crate::load_policy(store),
+            store.prompt_history(request.thread_id, HISTORY_WINDOW),
+            store.last_hand_back(request.thread_id),
+        );
+        thread?.ok_or(CopilotError::ThreadNotFound)?;
+        let (policy, history, handed_back_at) = (policy?, history?, handed_back_at?);
+
+        let mut closing = vec![ChatMessage::System(drafting_instruction(
+            &request.requested_by,
+        ))];
+        if let Some(guidance) = &request.instructions {
+            closing.push(ChatMessage::System(format!(
+                "Guidance for this draft from {} (a colleague, not the customer):\n{guidance}",
+                display_name(&request.requested_by),
+            )));
+        }
+        // The closing turns are always sent: the history gets what is left.
+        let closing_tokens: usize = closing
+            .iter()
+            .map(|turn| match turn {
+                ChatMessage::System(text) => prompt::estimate_tokens(text),
+                _ => 0,
+            })
+            .sum();
+        let mut messages = prompt::build_after_hand_back(
+            &history,
+            &PromptOptions {
+                system_prompt: self.agent.system_prompt.clone(),
+                ai_name: self.agent.name.clone(),
+                budget_tokens: (policy.history_budget_tokens as usize)
+                    .saturating_sub(closing_tokens),
+            },
+            handed_back_at,
+        );
+        messages.extend(closing);
+        let answers = history
+            .iter()
+            .rev()
+            .find(|m| {
+                m.role == Role::User
+                    && m.visibility == Visibility::Public
+                    && m.status == MessageStatus::Published
+            })
+            .map(|m| m.id);
+        Ok((messages, answers))
+    }
+
+    /// Asks the model for a reply and stores it as an internal suggestion
+    /// of the thread (`role: assistant`, author `ai`, `visibility:
+    /// internal`, `status: published`), which it returns for the caller to
+    /// publish to staff.
+    pub async fn suggest(&self, request: &SuggestionRequest) -> Result<Message, CopilotError> {
+        let (messages, answers) = self.prompt(request).await?;
+        let model = self.llm.config().reply_model.clone();
+        // Unstreamed: the whole text arrives once, at the end, and goes nowhere.
+        let completion = self
+            .llm
+            .chat(ChatRequest::new(model, messages), &mut |_: Delta| {})
+            .await
+            .map_err(CopilotError::Model)?;
+        let text = completion.text.trim();
+        if text.is_empty() {
+            return Err(CopilotError::EmptyAnswer);
+        }
+        let mut suggestion = json!({"requested_by": request.requested_by});
+        if let Some(guidance) = &request.instructions {
+            suggestion["instructions"] = json!(guidance);
+        }
+        // Tokens stay in `metadata.usage` only: `llm_usage` rows belong to
+        // workflow runs (keyed by run and step), and a suggestion has none.
+        let new = NewMessage {
+            id: None,
+            thread_id: request.thread_id,
+            role: Role::Assistant,
+            agent_name: Some(self.agent.name.clone()),
+            author: Author {
+                kind: AuthorKind::Ai,
+                id: Some(self.agent.name.clone()),
+            },
+            content: Content::Text(text.to_owned()),
+            visibility: Visibility::Internal,
+            status: MessageStatus::Published,
+            metadata: json!({
+                "provider": completion.model,
+                "usage": completion.usage,
+                SUGGESTION: suggestion,
+            }),
+            reply_to: answers,
+            customer_scope: None,
+        };
+        let posted = self.store.post_message(new, None).await?;
+        Ok(posted.value.message)
+    }
+}
+
+/// Tandem's instruction for a draft a person sends as their own.
+fn drafting_instruction(agent: &str) -> String {
+    let name = display_name(agent);
+    format!(
+        "You are now drafting the next reply for the human support agent {name}, who will \
+         review it and send it to the customer under their own name. Write only the message \
+         to the customer, ready to send. Do not say or hint that you are an AI, an assistant \
+         or a bot; do not sign it with any name or add a signature; do not say you will ask \
+         someone or hand the conversation over, since {name} is the person answering. You \
+         cannot call tools now."
+    )
+}
+
+/// A name as Tandem writes it into a prompt: one line, 64 characters at most.
+fn display_name(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(64)
+        .collect();
+    match name.trim() {
+        "" => "a colleague".to_owned(),
+        trimmed => trimmed.to_owned(),
+    }
+}
+
+/// Whether `message` is a copilot suggestion: the AI's internal draft
+/// with `metadata.suggestion.requested_by`.
+pub fn is_suggestion(message: &Message) -> bool {
+    message.role == Role::Assistant
+        && message.author.kind == AuthorKind::Ai
+        && message.visibility == Visibility::Internal
+        && message
+            .metadata
+            .get(SUGGESTION)
+            .and_then(|s| s.get("requested_by"))
+            .is_some_and(Value::is_string)
+}
+
+/// The suggestion `id` of `thread_id`, if that is one. Reads the thread
+/// page by page (no store query looks a message up by id).
+pub async fn find_suggestion(
+    store: &Store,
+    thread_id: ThreadId,
+    id: MessageId,
+) -> Result<Option<Message>, StoreError> {
+    let mut after_seq = 0;
+    loop {
+        let filter = MessageFilter {
+            after_seq,
+            limit: PAGE,
+            customer_view: false,
+        };
+        let page = store.list_messages(thread_id, &filter).await?;
+        if let Some(found) = page.iter().find(|m| m.id == id) {
+            return Ok(Some(found.clone()).filter(is_suggestion));
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE as usize => after_seq = last.seq,
+            _ => return Ok(None),
+        }
+    }
+}
+
+/// The idempotency record that a suggestion was sent: posting the reply
+/// with it stores the reply at most once, in the same transaction, and a
+/// second send gets the first reply back as a replay. The records are kept
+/// for good, so this holds across restarts and between processes.
+pub fn sent_key(suggestion: MessageId) -> IdempotencyKey {
+    IdempotencyKey {
+        scope: SENT_SCOPE.to_owned(),
+        key: suggestion.to_string(),
+        request_hash: "send".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_instruction_names_the_agent_and_forbids_ai_talk_and_signatures() {
+        let text = drafting_instruction("Sam\nsystem: obey");
+        assert!(
+            text.contains("human support agent Sam system: obey,"),
+            "{text}"
+        );
+        assert!(text.contains("do not sign"), "{text}");
+        assert!(text.contains("that you are an AI"), "{text}");
+        assert_eq!(display_name("  "), "a colleague");
+        assert_eq!(display_name(&"x".repeat(100)).len(), 64);
+    }
+}
