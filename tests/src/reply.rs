@@ -189,6 +189,18 @@ pub async fn inbox(server: &TestServer, query: &str) -> Vec<Value> {
     page.body["items"].as_array().expect("items").clone()
 }
 
+/// An inbox item as listed or pushed, without the context every item
+/// carries (its thread and latest messages), after checking that the
+/// context is there and is the item's own thread.
+pub fn without_context(mut item: Value) -> Value {
+    let fields = item.as_object_mut().expect("an item");
+    let thread = fields.remove("thread").expect("the item's thread");
+    assert_eq!(thread["id"], fields["thread_id"], "{thread:#}");
+    let history = fields.remove("history").expect("the item's history");
+    assert!(history.is_array(), "{history:#}");
+    item
+}
+
 /// Waits for the thread's first inbox item (of any status) and returns it.
 pub async fn wait_for_item(server: &TestServer, thread: &str) -> Value {
     let deadline = Instant::now() + WAIT;

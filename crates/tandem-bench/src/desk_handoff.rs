@@ -58,9 +58,10 @@ use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tandem_bench::bearer;
 use tandem_bench::procfs::{CpuSample, CpuUse};
 use tandem_bench::server::{InProcessServer, StoreArgs};
 use tandem_llm::LlmConfig;
@@ -214,12 +215,6 @@ async fn run(args: Args) -> Result<bool> {
         Err(_) => bail!("the server did not stop within 30 s"),
     }
     Ok(report.passed())
-}
-
-fn bearer(token: &str) -> Result<HeaderValue> {
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).context("token")?;
-    value.set_sensitive(true);
-    Ok(value)
 }
 
 fn micros(d: Duration) -> u64 {

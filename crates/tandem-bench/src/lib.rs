@@ -6,8 +6,8 @@
 //!
 //! - [`server`]: the real server in the benchmark's process, on a fresh
 //!   SQLite file or PostgreSQL schema.
-//! - [`create_threads`], [`create_schema`], [`drop_schema`]: the setup every
-//!   benchmark shares.
+//! - [`create_threads`], [`create_schema`], [`drop_schema`], [`bearer`]:
+//!   the setup every benchmark shares.
 //!
 //! The benchmarks themselves are binaries: `post-messages`
 //! (`src/post_messages.rs`), `ws-fanout` (`src/ws_fanout.rs`),
@@ -31,6 +31,15 @@ pub fn keep_sample(samples: &mut Vec<String>, sample: String) {
     if samples.len() < MAX_ERROR_SAMPLES {
         samples.push(sample);
     }
+}
+
+/// An `Authorization` header for `token`, marked sensitive so that it is
+/// never logged.
+pub fn bearer(token: &str) -> Result<reqwest::header::HeaderValue> {
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .context("the token is not a header")?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// Creates `count` threads (a few at a time) and returns their ids in order.

@@ -47,7 +47,7 @@ use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap};
 use serde_json::{Value, json};
 use tandem_bench::procfs::{CpuSample, CpuUse};
 use tandem_bench::server::{InProcessServer, StoreArgs};
@@ -157,10 +157,7 @@ struct Target {
 /// An HTTP/1.1 client that keeps (at most) one connection open.
 fn http_client(token: &str) -> Result<reqwest::Client> {
     let mut headers = HeaderMap::new();
-    let mut auth =
-        HeaderValue::from_str(&format!("Bearer {token}")).context("the token is not a header")?;
-    auth.set_sensitive(true);
-    headers.insert(AUTHORIZATION, auth);
+    headers.insert(AUTHORIZATION, tandem_bench::bearer(token)?);
     reqwest::Client::builder()
         .default_headers(headers)
         .http1_only()

@@ -66,8 +66,9 @@ use chrono::{DateTime, Utc};
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde_json::{Value, json};
+use tandem_bench::bearer;
 use tandem_bench::procfs::{CpuSample, CpuUse};
 use tandem_bench::server::{InProcessServer, StoreArgs};
 use tandem_llm::prompt::{self, PromptOptions};
@@ -275,12 +276,6 @@ async fn time_model(config: &LlmConfig, calls: usize) -> Result<Vec<i64>> {
 
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
-}
-
-fn bearer(token: &str) -> Result<HeaderValue> {
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).context("token")?;
-    value.set_sensitive(true);
-    Ok(value)
 }
 
 type Ws =

@@ -42,8 +42,9 @@ use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde_json::{Value, json};
+use tandem_bench::bearer;
 use tandem_bench::procfs::{CpuSample, CpuUse};
 use tandem_bench::server::{InProcessServer, StoreArgs};
 use tandem_server::AppState;
@@ -144,12 +145,6 @@ async fn run(args: Args) -> Result<bool> {
     report.print(&args);
     stopped?;
     Ok(report.passed())
-}
-
-fn bearer(token: &str) -> Result<HeaderValue> {
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).context("token")?;
-    value.set_sensitive(true);
-    Ok(value)
 }
 
 /// What one client measured.

@@ -62,8 +62,9 @@ use clap::{Parser, ValueEnum};
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap};
 use serde_json::{Value, json};
+use tandem_bench::bearer;
 use tandem_bench::procfs::{CpuSample, CpuUse, Memory};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -700,13 +701,6 @@ fn http_client(token: &str) -> Result<reqwest::Client> {
         .timeout(Duration::from_secs(60))
         .build()
         .context("building the HTTP client")
-}
-
-fn bearer(token: &str) -> Result<HeaderValue> {
-    let mut value =
-        HeaderValue::from_str(&format!("Bearer {token}")).context("the token is not a header")?;
-    value.set_sensitive(true);
-    Ok(value)
 }
 
 /// What every subscriber and poster shares: the clock and the window.

@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use tandem_llm::prompt::{self, PromptOptions};
 use tandem_llm::{ChatMessage, ChatRequest, Delta, Llm, LlmError};
 use tandem_store::{
-    Author, AuthorKind, Content, IdempotencyKey, Message, MessageFilter, MessageId, MessageStatus,
-    NewMessage, Role, Store, StoreError, ThreadId, Visibility,
+    Author, AuthorKind, Content, IdempotencyKey, Message, MessageId, MessageStatus, NewMessage,
+    Role, Store, StoreError, ThreadId, Visibility,
 };
 
 use crate::reply::AgentConfig;
@@ -32,8 +32,6 @@ pub const SUGGESTION: &str = "suggestion";
 pub const MAX_INSTRUCTIONS_CHARS: usize = 2_000;
 /// How many of the newest messages are read; the token budget trims them.
 const HISTORY_WINDOW: u32 = 200;
-/// Messages read per page when looking a suggestion up in its thread.
-const PAGE: u32 = 500;
 /// The idempotency scope that records a suggestion as sent, keyed by its id.
 const SENT_SCOPE: &str = "copilot:suggestion-sent";
 
@@ -219,29 +217,16 @@ pub fn is_suggestion(message: &Message) -> bool {
             .is_some_and(Value::is_string)
 }
 
-/// The suggestion `id` of `thread_id`, if that is one. Reads the thread
-/// page by page (no store query looks a message up by id).
+/// The suggestion `id` of `thread_id`, if that is one.
 pub async fn find_suggestion(
     store: &Store,
     thread_id: ThreadId,
     id: MessageId,
 ) -> Result<Option<Message>, StoreError> {
-    let mut after_seq = 0;
-    loop {
-        let filter = MessageFilter {
-            after_seq,
-            limit: PAGE,
-            customer_view: false,
-        };
-        let page = store.list_messages(thread_id, &filter).await?;
-        if let Some(found) = page.iter().find(|m| m.id == id) {
-            return Ok(Some(found.clone()).filter(is_suggestion));
-        }
-        match page.last() {
-            Some(last) if page.len() == PAGE as usize => after_seq = last.seq,
-            _ => return Ok(None),
-        }
-    }
+    Ok(store
+        .get_message(thread_id, id)
+        .await?
+        .filter(is_suggestion))
 }
 
 /// The idempotency record that a suggestion was sent: posting the reply

@@ -198,6 +198,7 @@ impl DeadlineWatch {
             Fallback::Hold => ExpiryAction::Hold {
                 message: self.system_message(
                     watch.thread_id,
+                    Role::Assistant,
                     Content::Text(watch.holding_message.clone()),
                     Visibility::Public,
                     json!({"provider": "tandem", "desk": {"holding": true}}),
@@ -206,6 +207,7 @@ impl DeadlineWatch {
             Fallback::AiAnswer => ExpiryAction::AiAnswer {
                 note: self.system_message(
                     watch.thread_id,
+                    Role::Assistant,
                     Content::Text(AI_ANSWER_NOTE.into()),
                     Visibility::Internal,
                     json!({"provider": "tandem", "desk": {"deadline_passed": item_id}}),
@@ -213,6 +215,7 @@ impl DeadlineWatch {
                 answer: watch.tool_call_id.clone().map(|id| {
                     self.system_message(
                         watch.thread_id,
+                        Role::Tool,
                         Content::Parts(vec![Part::ToolResult {
                             tool_call_id: id,
                             name: tandem_store::ASK_HUMAN_TOOL.into(),
@@ -238,21 +241,15 @@ impl DeadlineWatch {
         }
     }
 
-    /// A message the desk itself posts: a tool result for a tool message,
-    /// otherwise an assistant message under the AI agent's name.
+    /// A message the desk itself posts, under the AI agent's name.
     fn system_message(
         &self,
         thread_id: ThreadId,
+        role: Role,
         content: Content,
         visibility: Visibility,
         metadata: serde_json::Value,
     ) -> NewMessage {
-        let role = match &content {
-            Content::Parts(parts) if parts.iter().any(|p| matches!(p, Part::ToolResult { .. })) => {
-                Role::Tool
-            }
-            _ => Role::Assistant,
-        };
         NewMessage {
             id: None,
             thread_id,

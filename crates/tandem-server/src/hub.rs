@@ -294,6 +294,18 @@ impl Hub {
         }
     }
 
+    /// A message as the store posted it: the message, the thread it
+    /// reopened, and the inbox items it answered (a human agent's reply).
+    pub fn publish_posted(&self, posted: &tandem_store::PostedMessage) {
+        self.publish_message(&posted.message);
+        if let Some(thread) = &posted.reopened {
+            self.publish_thread(thread);
+        }
+        for item in &posted.items {
+            self.publish_inbox(item);
+        }
+    }
+
     /// AI text of the message `message_id` as it streams: to this
     /// process's subscribers of the thread, customers included, and to the
     /// other processes' (PostgreSQL). The reply path streams only a reply
@@ -357,11 +369,7 @@ impl Hub {
             Some(sender) if sender.send(item.clone()).is_ok() => {}
             // Not started, or stopping: the item alone, at once.
             _ => {
-                let view = tandem_store::InboxView {
-                    item: item.clone(),
-                    thread: None,
-                    history: Vec::new(),
-                };
+                let view = tandem_store::InboxView::bare(item.clone());
                 self.to_inbox(&Utf8Bytes::from(
                     ServerFrame::Inbox { item: &view }.encode(),
                 ));
@@ -397,11 +405,7 @@ impl Hub {
         let bare = |items: Vec<InboxItem>| {
             items
                 .into_iter()
-                .map(|item| tandem_store::InboxView {
-                    item,
-                    thread: None,
-                    history: Vec::new(),
-                })
+                .map(tandem_store::InboxView::bare)
                 .collect()
         };
         if lock(&self.inner.inbox).subscribers.is_empty() {

@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use tandem_store::{
-    EffectOutput, MessageId, PostedMessage, Store, StoreError, ThreadId, WorkflowRun,
-};
+use tandem_store::{EffectOutput, MessageId, Store, StoreError, ThreadId, WorkflowRun};
 use tandem_workflows::{Notifier, Registry, Signer};
 
 use crate::config::Config;
@@ -148,20 +146,6 @@ impl Notifier for Hub {
             }
             // A reply that was not posted changed nothing.
             EffectOutput::Skipped { .. } => {}
-        }
-    }
-}
-
-impl Hub {
-    /// A message a run posted, the thread it reopened and the inbox items
-    /// it answered (a workflow speaking as a human agent).
-    fn publish_posted(&self, posted: &PostedMessage) {
-        self.publish_message(&posted.message);
-        if let Some(thread) = &posted.reopened {
-            self.publish_thread(thread);
-        }
-        for item in &posted.items {
-            self.publish_inbox(item);
         }
     }
 }

@@ -359,13 +359,14 @@ fn check_text(state: &AppState, field: &str, text: &str) -> Result<(), ApiError>
 
 /// Pushes what a resolution changed, and wakes the run that waited on it.
 fn announce(state: &AppState, resolved: Resolved) -> Resolution {
+    // A posted message's reopened thread is the resolution's thread; the
+    // item goes last, in its final state.
+    match (&resolved.message, &resolved.thread) {
+        (Some(posted), _) => state.hub.publish_posted(posted),
+        (None, Some(thread)) => state.hub.publish_thread(thread),
+        (None, None) => {}
+    }
     state.hub.publish_inbox(&resolved.item);
-    if let Some(posted) = &resolved.message {
-        state.hub.publish_message(&posted.message);
-    }
-    if let Some(thread) = &resolved.thread {
-        state.hub.publish_thread(thread);
-    }
     if resolved.run_ready {
         state.workflows.wake();
     }

@@ -69,14 +69,9 @@ async fn post_message(
     let written = tokio::spawn(async move {
         let written = store.post_message(new, idempotency).await?;
         let message = &written.value.message;
-        hub.publish_message(message);
-        if let Some(thread) = &written.value.reopened {
-            hub.publish_thread(thread);
-        }
-        // A human's reply answered the thread's pending inbox items.
-        for item in &written.value.items {
-            hub.publish_inbox(item);
-        }
+        // With the thread it reopened and the inbox items a human's reply
+        // answered.
+        hub.publish_posted(&written.value);
         // A replayed POST starts the run again: it is keyed by the message,
         // so this is a no-op unless the first attempt died before it.
         if let Some(engine) = replies

@@ -279,11 +279,8 @@ async fn send(
             .post_message(new, Some(copilot::sent_key(suggestion_id)))
             .await?;
         if !written.replayed {
-            hub.publish_message(&written.value.message);
-            // The reply answered the thread's handoffs.
-            for item in &written.value.items {
-                hub.publish_inbox(item);
-            }
+            // With the thread's handoffs the reply answered.
+            hub.publish_posted(&written.value);
         }
         Ok::<_, StoreError>(written)
     })

@@ -78,6 +78,17 @@ pub struct InboxView {
     pub history: Vec<Message>,
 }
 
+impl InboxView {
+    /// The item without its context (none could be read).
+    pub fn bare(item: InboxItem) -> Self {
+        Self {
+            item,
+            thread: None,
+            history: Vec::new(),
+        }
+    }
+}
+
 /// An item to open.
 #[derive(Debug, Clone)]
 pub struct NewInboxItem {

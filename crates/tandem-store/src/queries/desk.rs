@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::inbox::{inbox_columns, publish_draft_in};
+use super::inbox::{inbox_columns, lock_item, publish_draft_in};
 use super::messages::insert_message;
 use super::workflows::{NewEvent, assign_in, create_run_in, deliver_in, lock_run};
 use crate::backend::{Tx, job, on_conn, on_pool};
@@ -42,32 +42,33 @@ struct AgentRow {
     updated_at: DateTime<Utc>,
 }
 
-macro_rules! agent_columns {
-    () => {
-        "name, capacity, presence, presence_at, last_assigned_at, updated_at"
-    };
-}
+/// Agents, by name; with `$1`, only those online since then.
+const AGENTS: &str = "SELECT name, capacity, presence, presence_at, last_assigned_at, updated_at
+     FROM desk_agents
+     WHERE $1 IS NULL OR (presence = 'online' AND presence_at >= $1)
+     ORDER BY name";
+
+/// Every agent's teams.
+const TEAMS: &str = "SELECT agent, team FROM desk_agent_teams ORDER BY agent, team";
+
+/// How many items each agent holds.
+const LOADS: &str = "SELECT claimed_by, COUNT(*) FROM inbox_items
+     WHERE status = 'claimed' AND claimed_by IS NOT NULL GROUP BY claimed_by";
 
 impl Store {
     /// Every agent the desk knows, by name, with its teams and load.
     pub async fn desk_agents(&self) -> Result<Vec<DeskAgent>, StoreError> {
-        const AGENTS: &str = concat!(
-            "SELECT ",
-            agent_columns!(),
-            " FROM desk_agents ORDER BY name"
-        );
-        let rows = on_pool!(self, p => sqlx::query_as::<_, AgentRow>(AGENTS).fetch_all(p).await)?;
-        let teams = on_pool!(self, p => sqlx::query_as::<_, (String, String)>(
-            "SELECT agent, team FROM desk_agent_teams ORDER BY agent, team",
-        )
-        .fetch_all(p)
-        .await)?;
-        let loads = on_pool!(self, p => sqlx::query_as::<_, (String, i64)>(
-            "SELECT claimed_by, COUNT(*) FROM inbox_items
-             WHERE status = 'claimed' AND claimed_by IS NOT NULL GROUP BY claimed_by",
-        )
-        .fetch_all(p)
-        .await)?;
+        let none: Option<DateTime<Utc>> = None;
+        let rows = on_pool!(self, p => sqlx::query_as::<_, AgentRow>(AGENTS)
+            .bind(none)
+            .fetch_all(p)
+            .await)?;
+        let teams = on_pool!(self, p => sqlx::query_as::<_, (String, String)>(TEAMS)
+            .fetch_all(p)
+            .await)?;
+        let loads = on_pool!(self, p => sqlx::query_as::<_, (String, i64)>(LOADS)
+            .fetch_all(p)
+            .await)?;
         Ok(assemble(rows, teams, loads.into_iter().collect()))
     }
 
@@ -431,28 +432,19 @@ struct Candidate {
 
 impl Desk {
     async fn load(tx: &mut Tx<'_>, presence_since: DateTime<Utc>) -> Result<Self, StoreError> {
-        const ONLINE: &str = concat!(
-            "SELECT ",
-            agent_columns!(),
-            " FROM desk_agents WHERE presence = 'online' AND presence_at >= $1 ORDER BY name"
-        );
-        let rows = on_conn!(tx, c => sqlx::query_as::<_, AgentRow>(ONLINE)
-            .bind(presence_since)
+        let rows = on_conn!(tx, c => sqlx::query_as::<_, AgentRow>(AGENTS)
+            .bind(Some(presence_since))
             .fetch_all(c)
             .await)?;
-        let teams = on_conn!(tx, c => sqlx::query_as::<_, (String, String)>(
-            "SELECT agent, team FROM desk_agent_teams",
-        )
-        .fetch_all(c)
-        .await)?;
-        let loads: HashMap<String, i64> = on_conn!(tx, c => sqlx::query_as::<_, (String, i64)>(
-            "SELECT claimed_by, COUNT(*) FROM inbox_items
-             WHERE status = 'claimed' AND claimed_by IS NOT NULL GROUP BY claimed_by",
-        )
-        .fetch_all(c)
-        .await)?
-        .into_iter()
-        .collect();
+        let teams = on_conn!(tx, c => sqlx::query_as::<_, (String, String)>(TEAMS)
+            .fetch_all(c)
+            .await)?;
+        let loads: HashMap<String, i64> =
+            on_conn!(tx, c => sqlx::query_as::<_, (String, i64)>(LOADS)
+            .fetch_all(c)
+            .await)?
+            .into_iter()
+            .collect();
         let agents = assemble(rows, teams, loads)
             .into_iter()
             .map(|a| Candidate {
@@ -509,26 +501,9 @@ pub(crate) async fn expire_item_in(
     tx: &mut Tx<'_>,
     expire: ExpireItem,
 ) -> Result<EffectOutput, StoreError> {
-    const LOCK: &str = concat!(
-        "SELECT ",
-        inbox_columns!(),
-        " FROM inbox_items WHERE id = $1 FOR UPDATE"
-    );
-    const SELECT: &str = concat!(
-        "SELECT ",
-        inbox_columns!(),
-        " FROM inbox_items WHERE id = $1"
-    );
-    let sql = if matches!(tx, Tx::Postgres(_)) {
-        LOCK
-    } else {
-        SELECT
-    };
-    let item = on_conn!(tx, c => sqlx::query_as::<_, InboxItem>(sql)
-        .bind(expire.item_id)
-        .fetch_optional(c)
-        .await)?
-    .ok_or(StoreError::NotFound("inbox item"))?;
+    let item = lock_item(tx, expire.item_id)
+        .await?
+        .ok_or(StoreError::NotFound("inbox item"))?;
     let quiet = |outcome| EffectOutput::Expired {
         expiry: Expiry {
             item: None,

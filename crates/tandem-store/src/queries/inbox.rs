@@ -386,30 +386,18 @@ impl Store {
                         format!("question {item_id} names no tool call to answer"),
                     )
                 })?;
-                let answer = NewMessage {
-                    id: None,
-                    thread_id: item.thread_id,
-                    role: Role::Tool,
-                    agent_name: Some(by.clone()),
-                    author: Author {
-                        kind: AuthorKind::Human,
-                        id: Some(by.clone()),
-                    },
-                    content: Content::Parts(vec![Part::ToolResult {
+                let answer = human_message(
+                    &item,
+                    &by,
+                    Role::Tool,
+                    Content::Parts(vec![Part::ToolResult {
                         tool_call_id,
                         name: ASK_HUMAN_TOOL.to_owned(),
                         result: json!({"answer": text}),
                         is_error: false,
                     }]),
-                    visibility: Visibility::Internal,
-                    status: MessageStatus::Published,
-                    metadata: json!({
-                        "provider": "human",
-                        "providerMetadata": {"human": {"name": by}},
-                    }),
-                    reply_to: item.message_id,
-                    customer_scope: None,
-                };
+                    Visibility::Internal,
+                );
                 let posted = insert_message(tx, answer).await?;
                 let resolution = Resolution {
                     kind: InboxResolution::Answered,
@@ -449,25 +437,13 @@ impl Store {
             Box::pin(async move {
                 let tx = &mut tx;
                 let (item, run) = take_item(tx, item_id, InboxKind::Handoff, &actor).await?;
-                let reply = NewMessage {
-                    id: None,
-                    thread_id: item.thread_id,
-                    role: Role::Assistant,
-                    agent_name: Some(by.clone()),
-                    author: Author {
-                        kind: AuthorKind::Human,
-                        id: Some(by.clone()),
-                    },
-                    content: Content::Text(text.clone()),
-                    visibility: Visibility::Public,
-                    status: MessageStatus::Published,
-                    metadata: json!({
-                        "provider": "human",
-                        "providerMetadata": {"human": {"name": by}},
-                    }),
-                    reply_to: item.message_id,
-                    customer_scope: None,
-                };
+                let reply = human_message(
+                    &item,
+                    &by,
+                    Role::Assistant,
+                    Content::Text(text.clone()),
+                    Visibility::Public,
+                );
                 let posted = insert_message(tx, reply).await?;
                 let resolution = Resolution {
                     kind: InboxResolution::Answered,
@@ -649,6 +625,36 @@ pub(crate) async fn open_item_in(
     Ok(item)
 }
 
+/// A message written by the human `by` about `item` (a reply to the
+/// message the item is about), marked as an agent's: provider `human`.
+fn human_message(
+    item: &InboxItem,
+    by: &str,
+    role: Role,
+    content: Content,
+    visibility: Visibility,
+) -> NewMessage {
+    NewMessage {
+        id: None,
+        thread_id: item.thread_id,
+        role,
+        agent_name: Some(by.to_owned()),
+        author: Author {
+            kind: AuthorKind::Human,
+            id: Some(by.to_owned()),
+        },
+        content,
+        visibility,
+        status: MessageStatus::Published,
+        metadata: json!({
+            "provider": "human",
+            "providerMetadata": {"human": {"name": by}},
+        }),
+        reply_to: item.message_id,
+        customer_scope: None,
+    }
+}
+
 /// Publishes an approval's draft (`edited`, or as written) as the thread's
 /// next public message, the draft becoming `approved`; `approval` (who, how)
 /// is recorded in the reply's `metadata.approval`, with the draft's id.
@@ -697,15 +703,12 @@ fn held_by_other<'a>(item: &'a InboxItem, actor: &InboxActor) -> Option<&'a str>
         .filter(|holder| *holder != actor.name)
 }
 
-/// Reads and locks an item about to be resolved, and the run waiting on it,
-/// checking that it is of `kind`, still waiting for someone, and not held by
-/// another agent.
-async fn take_item(
+/// Reads an item in a write transaction, locked on PostgreSQL (SQLite's
+/// one writer needs no lock).
+pub(crate) async fn lock_item(
     tx: &mut Tx<'_>,
     id: InboxItemId,
-    kind: InboxKind,
-    actor: &InboxActor,
-) -> Result<(InboxItem, Option<WorkflowRun>), StoreError> {
+) -> Result<Option<InboxItem>, StoreError> {
     const SELECT: &str = concat!(
         "SELECT ",
         inbox_columns!(),
@@ -716,21 +719,29 @@ async fn take_item(
         inbox_columns!(),
         " FROM inbox_items WHERE id = $1 FOR UPDATE"
     );
-    let item = match tx {
-        Tx::Postgres(c) => {
-            sqlx::query_as::<_, InboxItem>(LOCK)
-                .bind(id)
-                .fetch_optional(&mut **c)
-                .await?
-        }
-        Tx::Sqlite(c) => {
-            sqlx::query_as::<_, InboxItem>(SELECT)
-                .bind(id)
-                .fetch_optional(&mut **c)
-                .await?
-        }
-    }
-    .ok_or(StoreError::NotFound("inbox item"))?;
+    let sql = if matches!(tx, Tx::Postgres(_)) {
+        LOCK
+    } else {
+        SELECT
+    };
+    Ok(on_conn!(tx, c => sqlx::query_as::<_, InboxItem>(sql)
+        .bind(id)
+        .fetch_optional(c)
+        .await)?)
+}
+
+/// Reads and locks an item about to be resolved, and the run waiting on it,
+/// checking that it is of `kind`, still waiting for someone, and not held by
+/// another agent.
+async fn take_item(
+    tx: &mut Tx<'_>,
+    id: InboxItemId,
+    kind: InboxKind,
+    actor: &InboxActor,
+) -> Result<(InboxItem, Option<WorkflowRun>), StoreError> {
+    let item = lock_item(tx, id)
+        .await?
+        .ok_or(StoreError::NotFound("inbox item"))?;
     let kind_fits = match kind {
         // An escalation and a handoff ask for the same: a human's reply.
         InboxKind::Handoff | InboxKind::Escalation => {

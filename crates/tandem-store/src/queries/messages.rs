@@ -177,6 +177,25 @@ impl Store {
         Ok(rows.into_iter().map(Message::from).collect())
     }
 
+    /// One message of a thread, as staff see it.
+    pub async fn get_message(
+        &self,
+        thread_id: ThreadId,
+        id: MessageId,
+    ) -> Result<Option<Message>, StoreError> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE id = $1 AND thread_id = $2"
+        );
+        let row = on_pool!(self, p => sqlx::query_as::<_, MessageRow>(SQL)
+            .bind(id)
+            .bind(thread_id)
+            .fetch_optional(p)
+            .await)?;
+        Ok(row.map(Message::from))
+    }
+
     /// A page of a thread's messages in `seq` order.
     pub async fn list_messages(
         &self,
