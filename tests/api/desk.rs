@@ -598,3 +598,50 @@ async fn a_draft_whose_reply_was_cancelled_cannot_be_approved() {
         "a cancelled reply reached the customer"
     );
 }
+
+#[tokio::test]
+async fn desk_policy_and_expiries_refuse_bad_input() {
+    let server = desk_server(|_| {}).await;
+    for (desk, why) in [
+        (
+            json!({"deadlines": {"normal": 40_000_000}}),
+            "a deadline past a year",
+        ),
+        (json!({"default_capacity": 1_001}), "a capacity past 1000"),
+        (json!({"holding_message": " "}), "an empty holding message"),
+        (json!({"max_reassignments": 101}), "too many reassignments"),
+        (json!({"item_history": 101}), "too long a history"),
+    ] {
+        let put = put(&server, "/v1/policy", &server.admin, json!({"desk": desk})).await;
+        assert_eq!(
+            put.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{why}: {}",
+            put.text
+        );
+        assert_eq!(put.body["error"]["code"], "invalid_policy", "{why}");
+    }
+    for desk in [
+        json!({"fallback": "panic"}),
+        json!({"assignment": "random"}),
+    ] {
+        let put = put(&server, "/v1/policy", &server.admin, json!({"desk": desk})).await;
+        assert!(put.status.is_client_error(), "{desk}: {}", put.text);
+    }
+
+    let (_, opened) = handoff(&server, "c1", "hello").await;
+    let id = opened["id"].as_str().expect("id");
+    server
+        .get(
+            &format!("/v1/inbox/{id}/expiries"),
+            &server.customer("c1").await,
+        )
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    server
+        .get("/v1/inbox/not-an-id/expiries", &server.admin)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    let none = expiries(&server, &opened["id"]).await;
+    assert!(none.is_empty(), "{none:#?}");
+}
