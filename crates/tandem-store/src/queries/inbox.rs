@@ -326,27 +326,36 @@ impl Store {
         items: Vec<InboxItem>,
         history: u32,
     ) -> Result<Vec<InboxView>, StoreError> {
-        let mut threads: std::collections::HashMap<ThreadId, (Option<Thread>, Vec<Message>)> =
-            std::collections::HashMap::new();
-        let mut views = Vec::with_capacity(items.len());
-        for item in items {
-            let (thread, history) = match threads.entry(item.thread_id) {
-                std::collections::hash_map::Entry::Occupied(known) => known.get().clone(),
-                std::collections::hash_map::Entry::Vacant(unknown) => {
+        use futures::{StreamExt, TryStreamExt};
+        // Each thread once, several at a time: a burst of changes (a claim
+        // race, a sweep) must not queue behind one round trip per thread.
+        const READS_AT_ONCE: usize = 8;
+        let mut ids: Vec<ThreadId> = items.iter().map(|i| i.thread_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let threads: std::collections::HashMap<ThreadId, (Option<Thread>, Vec<Message>)> =
+            futures::stream::iter(ids)
+                .map(|id| async move {
                     let read = tokio::try_join!(
-                        self.get_thread(item.thread_id, None),
-                        self.prompt_history(item.thread_id, history),
+                        self.get_thread(id, None),
+                        self.prompt_history(id, history),
                     )?;
-                    unknown.insert(read).clone()
+                    Ok::<_, StoreError>((id, read))
+                })
+                .buffer_unordered(READS_AT_ONCE)
+                .try_collect()
+                .await?;
+        Ok(items
+            .into_iter()
+            .map(|item| {
+                let (thread, history) = threads[&item.thread_id].clone();
+                InboxView {
+                    item,
+                    thread,
+                    history,
                 }
-            };
-            views.push(InboxView {
-                item,
-                thread,
-                history,
-            });
-        }
-        Ok(views)
+            })
+            .collect())
     }
 
     /// The items a run waits on that are still open or claimed, oldest first.
