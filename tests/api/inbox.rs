@@ -458,3 +458,41 @@ async fn the_inbox_lists_by_kind_status_and_thread_and_refuses_bad_input() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_whole_queue_is_read_page_by_page() {
+    let server = TestServer::with_ai_off().await;
+    let mut threads = Vec::new();
+    for n in 0..7 {
+        let customer = format!("customer-{n}");
+        let chat = Chat::open(&server, &customer).await;
+        chat.say(&server, "I need a person").await;
+        wait_for_item(&server, &chat.thread).await;
+        threads.push(chat.thread.clone());
+    }
+    let everything = inbox(&server, "limit=200").await;
+    assert_eq!(everything.len(), 7);
+
+    let mut paged = Vec::new();
+    let mut query = "limit=3".to_owned();
+    loop {
+        let page = inbox(&server, &query).await;
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 3);
+        let last = page.last().unwrap()["id"].as_str().unwrap().to_owned();
+        paged.extend(page);
+        query = format!("limit=3&after={last}");
+    }
+    let ids = |items: &[Value]| -> Vec<Value> { items.iter().map(|i| i["id"].clone()).collect() };
+    assert_eq!(
+        ids(&paged),
+        ids(&everything),
+        "pages in the listing's order, nothing twice"
+    );
+    server
+        .get("/v1/inbox?after=not-an-id", &server.admin)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_query");
+}

@@ -21,6 +21,7 @@ mod reply_transactions;
 mod routing;
 mod takeover;
 mod threads;
+mod web_access;
 mod workflows;
 mod ws_access;
 mod ws_delivery;

@@ -46,6 +46,19 @@ pub fn ai_config(config: &mut Config, base_url: &str) {
     config.ai.max_backoff_secs = 2;
 }
 
+/// What an integrator's backend puts in `data-user-hash`: the hex
+/// HMAC-SHA256 of the user's id with the widget key's identity secret.
+pub fn identity_hash(secret: &str, user_id: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(user_id.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Builds the workflows a test server runs; called at every (re)start, so a
 /// test can change the code between restarts.
 pub type RegistryFn = Arc<dyn Fn() -> Registry + Send + Sync>;
@@ -276,6 +289,30 @@ impl TestServer {
 
     pub async fn agent(&self, name: &str) -> String {
         self.token(TokenSubject::Agent { name: name.into() }).await
+    }
+
+    /// Creates an inbox account that signs in with `name` and `password`.
+    pub async fn agent_account(&self, name: &str, password: &str) {
+        tandem_server::accounts::save_agent(&self.store, name, password)
+            .await
+            .expect("agent account");
+    }
+
+    /// Makes a chat widget key for `origins`; with `identity_required`,
+    /// only users the integrator vouches for may start a session.
+    pub async fn widget_key(
+        &self,
+        origins: &[&str],
+        identity_required: bool,
+    ) -> tandem_store::WidgetKey {
+        self.store
+            .create_widget_key(tandem_store::NewWidgetKey {
+                name: "test widget".into(),
+                allowed_origins: origins.iter().map(|o| (*o).to_owned()).collect(),
+                identity_required,
+            })
+            .await
+            .expect("widget key")
     }
 
     /// Sends a request with an optional bearer token and JSON body.

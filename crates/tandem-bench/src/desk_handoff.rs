@@ -65,10 +65,8 @@ use tandem_bench::bearer;
 use tandem_bench::procfs::{CpuSample, CpuUse};
 use tandem_bench::server::{InProcessServer, StoreArgs};
 use tandem_llm::LlmConfig;
-use tandem_server::AppState;
 use tandem_server::config::Quota;
 use tandem_store::{Store, TokenSubject};
-use tandem_workflows::{Registry, SystemClock};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -116,16 +114,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    // Whatever hangs, the process ends.
-    let hard_limit = Duration::from_secs(args.timeout_secs + 60);
-    std::thread::spawn(move || {
-        std::thread::sleep(hard_limit);
-        eprintln!(
-            "desk-handoff: FAILED: still running {} s after the start; exiting",
-            hard_limit.as_secs()
-        );
-        std::process::exit(3);
-    });
+    tandem_bench::exit_after("desk-handoff", Duration::from_secs(args.timeout_secs + 60));
     match run(args).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
@@ -160,12 +149,8 @@ async fn run(args: Args) -> Result<bool> {
         eprintln!("desk-handoff: warning: the open-file limit is {nofile}, below {needed}");
     }
 
-    let store_slot: Arc<Mutex<Option<Store>>> = Arc::default();
-    let slot = store_slot.clone();
-    let server = InProcessServer::start(
-        &args.store,
-        "desk-handoff",
-        |config| {
+    let (server, store) =
+        InProcessServer::start_with_store(&args.store, "desk-handoff", |config| {
             // The reply path routes every customer message; with no model
             // endpoint every thread goes to humans as a `handoff` item.
             config.reply.enabled = true;
@@ -176,36 +161,19 @@ async fn run(args: Args) -> Result<bool> {
             };
             config.rate_limits.customer = unlimited;
             config.rate_limits.agent = unlimited;
-        },
-        move |store, config| async move {
-            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(store.clone());
-            AppState::build(store, config, Registry::new(), Arc::new(SystemClock))
-                .await
-                .context("building the server")
-        },
+        })
+        .await?;
+    let outcome = match tokio::time::timeout(
+        Duration::from_secs(args.timeout_secs),
+        load(&args, &server, &store),
     )
-    .await?;
-    let store = store_slot
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-        .context("the server's store");
-    let outcome = match store {
-        Ok(store) => {
-            match tokio::time::timeout(
-                Duration::from_secs(args.timeout_secs),
-                load(&args, &server, &store),
-            )
-            .await
-            {
-                Ok(outcome) => outcome,
-                Err(_) => Err(anyhow!(
-                    "the load did not finish within {} s (--timeout-secs)",
-                    args.timeout_secs
-                )),
-            }
-        }
-        Err(e) => Err(e),
+    .await
+    {
+        Ok(outcome) => outcome,
+        Err(_) => Err(anyhow!(
+            "the load did not finish within {} s (--timeout-secs)",
+            args.timeout_secs
+        )),
     };
     let stopped = tokio::time::timeout(Duration::from_secs(30), server.stop()).await;
     let report = outcome?;

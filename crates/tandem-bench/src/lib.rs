@@ -26,6 +26,19 @@ use sqlx::Connection;
 /// Most error descriptions kept for a report.
 pub const MAX_ERROR_SAMPLES: usize = 5;
 
+/// Ends the process (exit code 3) if it still runs `limit` after now,
+/// whatever hangs: a benchmark always stops by itself.
+pub fn exit_after(name: &'static str, limit: std::time::Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!(
+            "{name}: FAILED: still running {} s after the start; exiting",
+            limit.as_secs()
+        );
+        std::process::exit(3);
+    });
+}
+
 /// Keeps an error's description for the report, up to [`MAX_ERROR_SAMPLES`].
 pub fn keep_sample(samples: &mut Vec<String>, sample: String) {
     if samples.len() < MAX_ERROR_SAMPLES {

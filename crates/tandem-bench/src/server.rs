@@ -4,12 +4,14 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use tandem_server::config::Quota;
 use tandem_server::{AppState, Config};
 use tandem_store::{Store, Synchronous, TokenSubject};
+use tandem_workflows::{Registry, SystemClock};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -136,6 +138,33 @@ impl InProcessServer {
                     let _ = crate::drop_schema(url, schema).await;
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// [`InProcessServer::start`] running the server's own workflows only
+    /// (as `configure` leaves the reply path) on the system clock; also
+    /// returns the server's store, to prepare data and read it back.
+    pub async fn start_with_store(
+        args: &StoreArgs,
+        purpose: &str,
+        configure: impl FnOnce(&mut Config),
+    ) -> Result<(Self, Store)> {
+        let slot: Arc<Mutex<Option<Store>>> = Arc::default();
+        let kept = slot.clone();
+        let server = Self::start(args, purpose, configure, move |store, config| async move {
+            *kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(store.clone());
+            AppState::build(store, config, Registry::new(), Arc::new(SystemClock))
+                .await
+                .context("building the server")
+        })
+        .await?;
+        let store = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        match store {
+            Some(store) => Ok((server, store)),
+            None => {
+                server.stop().await?;
+                anyhow::bail!("the server started without its store")
             }
         }
     }

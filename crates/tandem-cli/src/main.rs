@@ -1,6 +1,8 @@
-//! `tandem`: run the server, migrate the database, mint tokens, follow a
-//! thread or the inbox ([`tail`]).
+//! `tandem`: run the server, migrate the database, mint tokens, manage inbox
+//! accounts and widget keys ([`accounts`]), follow a thread or the inbox
+//! ([`tail`]).
 
+mod accounts;
 mod tail;
 
 use std::path::PathBuf;
@@ -41,6 +43,16 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Manage the accounts agents sign in to the inbox with.
+    Agent {
+        #[command(subcommand)]
+        command: accounts::AgentCommand,
+    },
+    /// Manage the keys the customer chat widget is embedded with.
+    Widget {
+        #[command(subcommand)]
+        command: accounts::WidgetCommand,
     },
     /// Follow a thread or the inbox over the WebSocket: one JSON frame per line.
     Tail(tail::TailArgs),
@@ -103,6 +115,18 @@ async fn main() -> anyhow::Result<()> {
             store.close().await;
             println!("{}", minted.secret);
             Ok(())
+        }
+        Command::Agent { command } => {
+            let store = open_store(&setup()?).await?;
+            let done = accounts::agent(&store, command).await;
+            store.close().await;
+            done
+        }
+        Command::Widget { command } => {
+            let store = open_store(&setup()?).await?;
+            let done = accounts::widget(&store, command).await;
+            store.close().await;
+            done
         }
         Command::Tail(args) => tail::run(args).await,
     }

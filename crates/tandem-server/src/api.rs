@@ -10,6 +10,7 @@ pub mod inbox;
 pub mod messages;
 pub mod ops;
 pub mod routing;
+pub mod sessions;
 pub mod suggestions;
 pub mod threads;
 pub mod workflows;

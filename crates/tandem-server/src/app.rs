@@ -9,7 +9,7 @@ use aide::openapi::{Info, OpenApi, SecurityScheme};
 use axum::Router;
 use axum::extract::Request;
 use axum::middleware::from_fn_with_state;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
@@ -42,12 +42,18 @@ pub fn build_app(state: AppState) -> Router {
     // Hooks carry a signature instead of a token: anonymous rate limit.
     let hooks =
         api::hooks::router().route_layer(from_fn_with_state(state.clone(), auth::limit_anonymous));
+    // Sign-in routes check their own credentials (a widget key, a password,
+    // the session cookie).
+    let sessions = api::sessions::router()
+        .route_layer(from_fn_with_state(state.clone(), auth::limit_anonymous));
     let router = ApiRouter::new()
         .merge(authenticated)
         .merge(hooks)
+        .merge(sessions)
         .merge(api::ops::router())
         .finish_api(&mut openapi)
-        .merge(api::ws::upgrade_router());
+        .merge(api::ws::upgrade_router())
+        .merge(crate::web::router());
     openapi
         .components
         .get_or_insert_default()
@@ -72,14 +78,9 @@ pub fn build_app(state: AppState) -> Router {
                 async move { axum::Json(openapi) }
             }),
         )
-        .route("/", get(|| async { axum::response::Redirect::to("/chat") }))
         .route(
-            "/chat",
-            get(|| async { Html(include_str!("../../../web/chat/index.html")) }),
-        )
-        .route(
-            "/inbox",
-            get(|| async { Html(include_str!("../../../web/inbox/index.html")) }),
+            "/",
+            get(|| async { axum::response::Redirect::to("/inbox") }),
         )
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -30,6 +30,7 @@ pub struct Config {
     pub agent: AgentConfig,
     pub reply: ReplyConfig,
     pub desk: DeskConfig,
+    pub web: WebConfig,
     pub log: LogConfig,
 }
 
@@ -46,6 +47,7 @@ impl Default for Config {
             agent: AgentConfig::default(),
             reply: ReplyConfig::default(),
             desk: DeskConfig::default(),
+            web: WebConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -270,6 +272,35 @@ impl Default for DeskConfig {
 impl DeskConfig {
     pub fn presence_ttl(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.presence_ttl_secs)
+    }
+}
+
+/// The web pages and their sessions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Serve the pages from this directory instead of the copy built into
+    /// the binary (for working on them: edit, reload, no rebuild).
+    pub dir: Option<PathBuf>,
+    /// Seconds an inbox sign-in lasts.
+    pub agent_session_secs: u64,
+    /// Seconds a chat visitor's session lasts; the chat starts a new one
+    /// after that (a verified user gets their history back).
+    pub customer_session_secs: u64,
+    /// Mark the sign-in cookie `Secure`. Unset: when `workflows.public_url`
+    /// is `https://…` or the request came through a proxy that says
+    /// `X-Forwarded-Proto: https`.
+    pub secure_cookies: Option<bool>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            agent_session_secs: 12 * 3600,
+            customer_session_secs: 30 * 24 * 3600,
+            secure_cookies: None,
+        }
     }
 }
 

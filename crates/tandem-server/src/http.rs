@@ -4,6 +4,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod metrics;
+pub mod origin;
 pub mod rate_limit;
 
 pub use auth::Principal;

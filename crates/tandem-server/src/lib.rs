@@ -1,5 +1,6 @@
 //! Tandem's HTTP server.
 //!
+//! - [`accounts`]: inbox sign-in accounts and their Argon2id passwords.
 //! - [`config`]: the one typed configuration (defaults, a TOML file, the environment).
 //! - [`app`]: builds the router from its parts and serves it on a listener until
 //!   a shutdown signal, finishing the requests in flight.
@@ -16,9 +17,12 @@
 //! - [`replies`]: the `reply` run of each customer message, started once,
 //!   and the start-up sweep for messages whose run never started.
 //! - [`state`]: the small bundle of handles each request gets.
+//! - [`web`]: the web pages (`/chat`, `/inbox`, `/widget.js`), built into
+//!   the binary, with their security headers.
 //! - [`workflows`]: the workflow engine's signing secret, its declarative
 //!   definitions, and the notifier that pushes its changes to the hub.
 
+pub mod accounts;
 pub mod api;
 pub mod app;
 pub mod config;
@@ -27,6 +31,7 @@ pub mod http;
 pub mod hub;
 pub mod replies;
 pub mod state;
+pub mod web;
 pub mod workflows;
 
 pub use app::{build_app, serve};

@@ -98,8 +98,9 @@ pub enum BackendKind {
     Postgres,
 }
 
-/// How long a token lookup is remembered. Tokens are only ever created, so
-/// this bounds nothing but memory; revocation, when it comes, must evict.
+/// How long a token lookup is remembered. A revocation (signing out,
+/// disabling an account) evicts it in its own process at once; other
+/// processes sharing a PostgreSQL database honour it within this time.
 const TOKEN_CACHE_TTL: Duration = Duration::from_secs(60);
 const TOKEN_CACHE_CAPACITY: u64 = 100_000;
 

@@ -11,6 +11,7 @@ mod routing;
 mod thread;
 mod token;
 mod usage;
+mod web_access;
 mod workflow;
 
 pub use desk::*;
@@ -23,4 +24,5 @@ pub use routing::*;
 pub use thread::*;
 pub use token::*;
 pub use usage::*;
+pub use web_access::*;
 pub use workflow::*;

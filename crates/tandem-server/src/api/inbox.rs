@@ -83,6 +83,9 @@ pub struct ListInbox {
     pub claimed_by: Option<String>,
     /// Only items for this team.
     pub team: Option<String>,
+    /// The next page: the items after this one (the last of the previous
+    /// page), in the listing's order.
+    pub after: Option<InboxItemId>,
     /// 1 to 200; 50 when absent.
     pub limit: Option<u32>,
 }
@@ -120,8 +123,8 @@ async fn list_inbox(
                 .claimed_by
                 .map(|name| if name == "me" { me } else { name }),
             team: query.team,
+            after: query.after,
             limit,
-            ..InboxFilter::default()
         })
         .await?;
     let items = state

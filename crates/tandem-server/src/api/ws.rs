@@ -14,7 +14,7 @@ use aide::axum::routing::post;
 use axum::Router;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::config::HubConfig;
+use crate::http::origin::Origin;
 use crate::http::{ApiError, ApiQuery, Created, Principal, auth};
 
 /// Bytes of frames gathered before a write to the socket, within a batch.
@@ -119,36 +120,12 @@ async fn upgrade(
 /// since a TLS proxy may stand in front), or one listed in `allowed_origins`,
 /// compared exactly. `null` (sandboxed frames, files) is never allowed.
 fn origin_allowed(headers: &HeaderMap, config: &HubConfig) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
-    };
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    let origin = origin.trim();
-    if origin.eq_ignore_ascii_case("null") {
-        return false;
-    }
-    let own_host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    if let (Some(own), Some(host)) = (own_host, origin_host)
-        && own.eq_ignore_ascii_case(host)
-    {
-        return true;
-    }
-    config.allowed_origins.iter().any(|allowed| {
-        allowed
-            .trim()
-            .trim_end_matches('/')
-            .eq_ignore_ascii_case(origin)
-    })
+    Origin::of(headers).permits(headers, &config.allowed_origins)
 }
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
+    use axum::http::{HeaderValue, header};
 
     use super::*;
 

@@ -3,6 +3,9 @@
 //! The middleware resolves the token once per request, applies the rate limit
 //! of the token's kind (or of the client address when there is no valid
 //! token), and leaves a [`Principal`] in the request for handlers to extract.
+//! A request without `Authorization` may carry the inbox's sign-in cookie
+//! instead ([`SESSION_COOKIE`]): it stands for an agent only, and a request
+//! that changes something must come from the server's own origin.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -11,12 +14,14 @@ use aide::openapi::Operation;
 use aide::operation::OperationInput;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use tandem_store::{Token, TokenId, TokenKind};
 
 use super::ApiError;
+use super::origin::Origin;
 use crate::AppState;
 
 /// Who is calling.
@@ -98,12 +103,31 @@ pub async fn authenticate(
     next: Next,
 ) -> Response {
     let client = client_address(&request);
-    let token = match bearer_secret(request.headers()) {
-        Some(secret) => match state.store.authenticate(secret).await {
-            Ok(token) => token,
-            Err(e) => return ApiError::from(e).into_response(),
+    let headers = request.headers();
+    let token = match bearer_secret(headers) {
+        Some(secret) => state.store.authenticate(secret).await,
+        None => match session_secret(headers) {
+            Some(secret) => {
+                if !is_safe(request.method()) && !Origin::of(headers).is_own(headers) {
+                    return ApiError::forbidden(
+                        "cross_origin",
+                        "a signed-in request that changes something must come from this site",
+                    )
+                    .into_response();
+                }
+                // The cookie is the inbox's: only an agent's session counts.
+                state
+                    .store
+                    .authenticate(&secret)
+                    .await
+                    .map(|token| token.filter(|t| t.kind == TokenKind::Agent))
+            }
+            None => Ok(None),
         },
-        None => None,
+    };
+    let token = match token {
+        Ok(token) => token,
+        Err(e) => return ApiError::from(e).into_response(),
     };
     match admit(&state, token, client) {
         Ok(principal) => {
@@ -155,6 +179,44 @@ pub fn bearer_secret(headers: &HeaderMap) -> Option<&str> {
             let (scheme, secret) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| secret.trim())
         })
+}
+
+/// The inbox's sign-in cookie: an agent session token's secret.
+pub const SESSION_COOKIE: &str = "tandem_session";
+
+/// The secret of the sign-in cookie, if the request carries one.
+pub fn session_secret(headers: &HeaderMap) -> Option<String> {
+    CookieJar::from_headers(headers)
+        .get(SESSION_COOKIE)
+        .map(|cookie| cookie.value().to_owned())
+}
+
+/// The sign-in cookie for `secret`: HttpOnly (no script reads it),
+/// SameSite=Strict (no other site's page sends it), for the whole site.
+pub fn session_cookie(
+    secret: String,
+    max_age: std::time::Duration,
+    secure: bool,
+) -> Cookie<'static> {
+    let max_age = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+    Cookie::build((SESSION_COOKIE, secret))
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .path("/")
+        .secure(secure)
+        .max_age(cookie::time::Duration::seconds(max_age))
+        .build()
+}
+
+/// A cookie that removes the sign-in cookie.
+pub fn expired_session_cookie(secure: bool) -> Cookie<'static> {
+    let mut cookie = session_cookie(String::new(), std::time::Duration::ZERO, secure);
+    cookie.make_removal();
+    cookie
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
 /// The caller a resolved token stands for, after the rate limit of its kind

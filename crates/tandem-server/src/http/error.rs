@@ -27,6 +27,10 @@ pub enum ApiError {
     /// A signed request (a hook, a resume URL) whose signature does not hold.
     #[error("{message}")]
     BadSignature { code: &'static str, message: String },
+    /// Credentials other than a token (a password, a widget key, a signed
+    /// identity) that do not hold.
+    #[error("{message}")]
+    Denied { code: &'static str, message: String },
     #[error("{message}")]
     Forbidden { code: &'static str, message: String },
     #[error("{0} not found")]
@@ -73,6 +77,13 @@ impl ApiError {
         }
     }
 
+    pub fn denied(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Denied {
+            code,
+            message: message.into(),
+        }
+    }
+
     /// A field the caller's token may not set.
     pub fn field_not_allowed(field: &str, who: &str) -> Self {
         Self::bad_request(
@@ -84,7 +95,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::Unauthorized | Self::BadSignature { .. } => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::BadSignature { .. } | Self::Denied { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) | Self::Missing { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -106,6 +119,7 @@ impl ApiError {
         match self {
             Self::BadRequest { code, .. }
             | Self::BadSignature { code, .. }
+            | Self::Denied { code, .. }
             | Self::Forbidden { code, .. }
             | Self::Missing { code, .. }
             | Self::Conflict { code, .. }

@@ -16,6 +16,15 @@ pub struct Token {
     pub customer_id: Option<String>,
     pub label: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// When a session token stops working; none for tokens minted by hand.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl Token {
+    /// Whether the token has expired at `now`.
+    pub fn expired_at(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
 }
 
 /// A freshly minted token and its secret, which is shown once and never stored.

@@ -95,11 +95,12 @@ impl Store {
             return Ok(None);
         };
         Ok(on_pool!(self, p => sqlx::query_as::<_, Token>(
-            "SELECT id, kind, agent_name, customer_id, label, created_at
+            "SELECT id, kind, agent_name, customer_id, label, created_at, expires_at
              FROM tokens WHERE id = $1 AND revoked_at IS NULL",
         )
         .bind(token_id)
         .fetch_optional(p)
-        .await)?)
+        .await)?
+        .filter(|token| !token.expired_at(now)))
     }
 }

@@ -1,7 +1,10 @@
 //! API tokens: mint, authenticate, and the first admin token.
 
+use std::time::Duration;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -25,12 +28,41 @@ impl Store {
         subject: TokenSubject,
         label: Option<String>,
     ) -> Result<MintedToken, StoreError> {
+        self.create_session(subject, label, None).await
+    }
+
+    /// Mints a token that stops working after `ttl` (a widget visitor's or
+    /// an agent's sign-in session); `None` never expires.
+    pub async fn create_session(
+        &self,
+        subject: TokenSubject,
+        label: Option<String>,
+        ttl: Option<Duration>,
+    ) -> Result<MintedToken, StoreError> {
+        let expires_at = ttl.map(|ttl| {
+            super::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX)
+        });
         self.write(job(move |mut tx| {
             let subject = subject.clone();
             let label = label.clone();
-            Box::pin(async move { insert_token(&mut tx, subject, label).await })
+            Box::pin(async move { insert_token(&mut tx, subject, label, expires_at).await })
         }))
         .await
+    }
+
+    /// Revokes the token this secret belongs to (signing out). `false` when
+    /// no live token has it.
+    pub async fn revoke_secret(&self, secret: &str) -> Result<bool, StoreError> {
+        let hash = hash_secret(secret);
+        let revoked = self
+            .revoke(
+                "UPDATE tokens SET revoked_at = $2 WHERE secret_hash = $1 AND revoked_at IS NULL",
+                hash.clone(),
+            )
+            .await?;
+        // After the commit: a request in between cannot cache it again.
+        self.token_cache().invalidate(&hash);
+        Ok(revoked)
     }
 
     /// Mints the first admin token, exactly once per database, however many
@@ -51,7 +83,7 @@ impl Store {
                 }
                 let label = Some("first admin token".to_owned());
                 Ok(Some(
-                    insert_token(&mut tx, TokenSubject::Admin, label).await?,
+                    insert_token(&mut tx, TokenSubject::Admin, label, None).await?,
                 ))
             })
         }))
@@ -63,16 +95,22 @@ impl Store {
         if !secret.starts_with(SECRET_PREFIX) {
             return Ok(None);
         }
-        const SQL: &str = "SELECT id, kind, agent_name, customer_id, label, created_at
+        const SQL: &str = "SELECT id, kind, agent_name, customer_id, label, created_at, expires_at
              FROM tokens WHERE secret_hash = $1 AND revoked_at IS NULL";
         let hash = hash_secret(secret);
+        let now = super::now();
         if let Some(token) = self.token_cache().get(&hash) {
+            if token.expired_at(now) {
+                self.token_cache().invalidate(&hash);
+                return Ok(None);
+            }
             return Ok(Some(token));
         }
         let token = on_pool!(self, p => sqlx::query_as::<_, Token>(SQL)
             .bind(&hash)
             .fetch_optional(p)
-            .await)?;
+            .await)?
+        .filter(|token| !token.expired_at(now));
         // Only hits are kept: a guessed secret must not fill the cache.
         if let Some(token) = &token {
             self.token_cache().insert(hash, token.clone());
@@ -85,6 +123,7 @@ async fn insert_token(
     tx: &mut Tx<'_>,
     subject: TokenSubject,
     label: Option<String>,
+    expires_at: Option<DateTime<Utc>>,
 ) -> Result<MintedToken, StoreError> {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
@@ -101,10 +140,12 @@ async fn insert_token(
         customer_id,
         label,
         created_at: super::now(),
+        expires_at,
     };
     on_conn!(tx, c => sqlx::query(
-        "INSERT INTO tokens (id, kind, secret_hash, agent_name, customer_id, label, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO tokens (id, kind, secret_hash, agent_name, customer_id, label, created_at,
+                             expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(token.id)
     .bind(token.kind)
@@ -113,6 +154,7 @@ async fn insert_token(
     .bind(&token.customer_id)
     .bind(&token.label)
     .bind(token.created_at)
+    .bind(token.expires_at)
     .execute(c)
     .await
     .map(|r| r.rows_affected()))?;
