@@ -80,7 +80,7 @@ fn owned(rows: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
 }
 
 #[tokio::test]
-async fn the_ai_reply_streams_into_the_chat_and_the_page_renders_fast() {
+async fn the_ai_reply_streams_into_the_chat_whose_page_loads_under_100_kib() {
     const QUESTION: &str = "When will my order 1042 ship?";
     const FINAL: &str = "Your order 1042 ships tomorrow morning from our Lyon warehouse, \
                          and you will get a tracking link by email as soon as it leaves.";
@@ -97,7 +97,7 @@ async fn the_ai_reply_streams_into_the_chat_and_the_page_renders_fast() {
         ("FINAL", FINAL.to_owned()),
     ]);
     let outcome = run_scenario("streaming", &env).await;
-    eprintln!("first render: {}", outcome.result);
+    eprintln!("first load: {}", outcome.result);
 
     let threads = threads(&server).await;
     assert_eq!(threads.len(), 1, "{threads:#?}");

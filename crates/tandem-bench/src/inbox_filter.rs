@@ -23,8 +23,8 @@
 //! target/release/inbox-filter --backend postgres
 //! ```
 
-use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -84,24 +84,9 @@ async fn main() -> ExitCode {
     }
 }
 
-/// The checkout this binary was built from.
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 async fn run(args: Args) -> Result<()> {
     ensure!(args.items > 0, "--items must be at least 1");
     ensure!(args.reps > 0, "--reps must be at least 1");
-    let setup = std::process::Command::new("bash")
-        .arg(repo().join("tests/browser/setup.sh"))
-        .stdin(Stdio::null())
-        .status()
-        .context("running tests/browser/setup.sh")?;
-    ensure!(
-        setup.success(),
-        "tests/browser/setup.sh failed: Node.js, playwright-core and Chromium are needed"
-    );
-
     let web_dir = args.web_dir.clone();
     let (server, store) =
         InProcessServer::start_with_store(&args.store, "inbox-filter", |config| {
@@ -177,35 +162,19 @@ async fn measure(args: &Args, server: &InProcessServer, store: &Store) -> Result
     let script = args
         .script
         .clone()
-        .unwrap_or_else(|| repo().join("bench/web/inbox-filter.mjs"));
-    let mut child = tokio::process::Command::new("node")
-        .arg(&script)
-        .env("TANDEM_URL", &server.base_url)
-        .env("AGENT_NAME", AGENT)
-        .env("AGENT_PASSWORD", PASSWORD)
-        .env("ITEMS", args.items.to_string())
-        .env("REPS", args.reps.to_string())
-        .env("TERMS", json!(TOPICS).to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting node {}", script.display()))?;
-    let mut stdout = child.stdout.take().context("node's stdout")?;
-    let mut output = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut output)
-        .await
-        .context("reading node's output")?;
-    let status = child.wait().await.context("waiting for node")?;
-    if !status.success() {
-        bail!("node {} failed ({status}):\n{output}", script.display());
-    }
-    let line = output
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .with_context(|| format!("no RESULT line in node's output:\n{output}"))?;
-    serde_json::from_str(line).context("decoding node's RESULT line")
+        .unwrap_or_else(|| tandem_bench::repo().join("bench/web/inbox-filter.mjs"));
+    tandem_bench::run_browser_script(
+        &script,
+        &[
+            ("TANDEM_URL", server.base_url.clone()),
+            ("AGENT_NAME", AGENT.to_owned()),
+            ("AGENT_PASSWORD", PASSWORD.to_owned()),
+            ("ITEMS", args.items.to_string()),
+            ("REPS", args.reps.to_string()),
+            ("TERMS", json!(TOPICS).to_string()),
+        ],
+    )
+    .await
 }
 
 fn ms(value: &Value) -> String {

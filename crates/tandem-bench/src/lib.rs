@@ -39,6 +39,67 @@ pub fn exit_after(name: &'static str, limit: std::time::Duration) {
     });
 }
 
+/// This checkout (where `bench/web` and `tests/browser` are).
+pub fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs a browser benchmark's Node script (playwright-core and Chromium,
+/// installed by `tests/browser/setup.sh`, which this runs first) with `env`,
+/// and returns what it printed on its `RESULT` line.
+pub async fn run_browser_script(
+    script: &std::path::Path,
+    env: &[(&str, String)],
+) -> Result<serde_json::Value> {
+    use std::process::Stdio;
+    let setup = tokio::process::Command::new("bash")
+        .arg(repo().join("tests/browser/setup.sh"))
+        .stdin(Stdio::null())
+        .status()
+        .await
+        .context("running tests/browser/setup.sh")?;
+    anyhow::ensure!(
+        setup.success(),
+        "tests/browser/setup.sh failed: Node.js, playwright-core and Chromium are needed"
+    );
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting node {}", script.display()))?;
+    let mut stdout = child.stdout.take().context("node's stdout")?;
+    let mut output = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut output)
+        .await
+        .context("reading node's output")?;
+    let status = child.wait().await.context("waiting for node")?;
+    anyhow::ensure!(
+        status.success(),
+        "node {} failed ({status}):\n{output}",
+        script.display()
+    );
+    let line = output
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .with_context(|| format!("no RESULT line in node's output:\n{output}"))?;
+    serde_json::from_str(line).context("decoding node's RESULT line")
+}
+
+/// The `p`-quantile (0 to 1) of sorted `values`; `None` when empty.
+pub fn quantile(sorted: &[f64], p: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let rank = (p * last as f64).round() as usize;
+    sorted.get(rank.min(last)).copied()
+}
+
 /// Keeps an error's description for the report, up to [`MAX_ERROR_SAMPLES`].
 pub fn keep_sample(samples: &mut Vec<String>, sample: String) {
     if samples.len() < MAX_ERROR_SAMPLES {

@@ -1,6 +1,6 @@
 // The customer asks on /chat; the AI's answer is seen growing while it
 // streams, then as one final AI message; the header names the AI. Also the
-// first render: DOMContentLoaded → composer visible, and the JS + CSS weight.
+// page's JS + CSS weight (under 100 KiB; its timing is the chat-render benchmark's).
 import { check, checkEqual, env, firstRender, log, newContext, result, scenario, send, show, textOf, waitFor, waitForMessage, chatMessages } from '../lib.mjs';
 
 const base = env('TANDEM_URL');
@@ -19,7 +19,9 @@ await scenario('streaming', async (browser) => {
   log(`first render: DOMContentLoaded at ${render.domContentLoaded.toFixed(0)} ms, composer visible ${toComposer.toFixed(0)} ms later, enabled ${render.composerUsable === undefined ? 'never (so far)' : `${(render.composerUsable - render.domContentLoaded).toFixed(0)} ms later`}`);
   log(`JS + CSS loaded: ${render.assetBytes} bytes (${(render.assetBytes / 1024).toFixed(1)} KiB) in ${render.assets.length} files: ${show(render.assets.map((a) => `${new URL(a.url).pathname} ${a.bytes}`))}`);
   check(render.assets.length > 0, 'the page loaded no JS or CSS file at all');
-  check(toComposer < 1000, `the composer became visible ${toComposer.toFixed(0)} ms after DOMContentLoaded (limit 1000 ms)`);
+  // The budget's time (first render under 1 s) is measured by the
+  // chat-render benchmark, not here: a timed test on a busy machine only
+  // measures the machine. The size is exact, so it is checked.
   check(render.assetBytes < 100 * 1024, `the page loaded ${render.assetBytes} bytes of JS and CSS (limit 100 KiB)`);
 
   await send(page, question);
