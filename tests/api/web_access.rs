@@ -49,6 +49,11 @@ async fn with_cookie(
     Response::read(request.send().await.expect("request")).await
 }
 
+/// `GET path` with the sign-in cookie only.
+async fn get_with_cookie(server: &TestServer, path: &str, cookie: &str) -> Response {
+    with_cookie(server, Method::GET, path, cookie, None, None).await
+}
+
 /// Signs `name` in from the inbox page; returns the `Cookie` header value
 /// and the whole `Set-Cookie` line.
 async fn sign_in(server: &TestServer, name: &str, password: &str) -> (String, String) {
@@ -363,7 +368,7 @@ async fn sessions_expire() {
         server.get("/v1/threads", &token).await.status,
         StatusCode::OK
     );
-    let inbox = with_cookie(&server, Method::GET, "/v1/inbox", &cookie, None, None).await;
+    let inbox = get_with_cookie(&server, "/v1/inbox", &cookie).await;
     assert_eq!(inbox.status, StatusCode::OK, "{}", inbox.text);
 
     // Both were minted before `expires_at`: past it, both are dead.
@@ -375,7 +380,7 @@ async fn sessions_expire() {
         .get("/v1/threads", &token)
         .await
         .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
-    with_cookie(&server, Method::GET, "/v1/inbox", &cookie, None, None)
+    get_with_cookie(&server, "/v1/inbox", &cookie)
         .await
         .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
     // Nor does an expired session open a WebSocket.
@@ -401,15 +406,7 @@ async fn an_agent_signs_in_works_with_the_cookie_and_signs_out() {
         "plain http on loopback: {set_cookie}"
     );
 
-    let me = with_cookie(
-        &server,
-        Method::GET,
-        "/v1/agents/sessions",
-        &cookie,
-        None,
-        None,
-    )
-    .await;
+    let me = get_with_cookie(&server, "/v1/agents/sessions", &cookie).await;
     assert_eq!(me.status, StatusCode::OK, "{}", me.text);
     assert_eq!(me.body["name"], "Sam");
 
@@ -458,17 +455,10 @@ async fn an_agent_signs_in_works_with_the_cookie_and_signs_out() {
     assert_eq!(out.status, StatusCode::NO_CONTENT, "{}", out.text);
     let removal = out.headers[SET_COOKIE].to_str().unwrap();
     assert!(removal.contains("Max-Age=0"), "{removal}");
-    with_cookie(
-        &server,
-        Method::GET,
-        "/v1/agents/sessions",
-        &cookie,
-        None,
-        None,
-    )
-    .await
-    .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
-    with_cookie(&server, Method::GET, "/v1/inbox", &cookie, None, None)
+    get_with_cookie(&server, "/v1/agents/sessions", &cookie)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    get_with_cookie(&server, "/v1/inbox", &cookie)
         .await
         .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
 }
@@ -498,7 +488,7 @@ async fn wrong_passwords_and_unknown_or_disabled_agents_are_refused_alike() {
         .assert_error(StatusCode::UNAUTHORIZED, "invalid_credentials");
     }
     // Disabling ends the sessions already open.
-    with_cookie(&server, Method::GET, "/v1/inbox", &kim_cookie, None, None)
+    get_with_cookie(&server, "/v1/inbox", &kim_cookie)
         .await
         .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
     // Another site's page cannot sign a browser in.
@@ -526,19 +516,12 @@ async fn the_cookie_stands_for_agents_only() {
     // A customer's or an admin's secret in the cookie is not a sign-in.
     for secret in [server.customer("alice").await, server.admin.clone()] {
         let cookie = format!("tandem_session={secret}");
-        with_cookie(&server, Method::GET, "/v1/threads", &cookie, None, None)
+        get_with_cookie(&server, "/v1/threads", &cookie)
             .await
             .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
-        with_cookie(
-            &server,
-            Method::GET,
-            "/v1/agents/sessions",
-            &cookie,
-            None,
-            None,
-        )
-        .await
-        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+        get_with_cookie(&server, "/v1/agents/sessions", &cookie)
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
     }
 }
 

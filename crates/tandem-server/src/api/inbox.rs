@@ -260,26 +260,10 @@ async fn answer(
     let by = actor(&principal)?;
     let id = item_id(&id)?;
     check_text(&state, "text", &request.text)?;
-    let kind = state
+    let resolved = state
         .store
-        .get_inbox_item(id)
-        .await?
-        .ok_or(ApiError::NotFound("inbox item"))?
-        .kind;
-    let resolved = match kind {
-        InboxKind::Handoff | InboxKind::Escalation => {
-            state
-                .store
-                .answer_handoff(id, request.text, by, now(&state))
-                .await?
-        }
-        _ => {
-            state
-                .store
-                .answer_question(id, request.text, by, now(&state))
-                .await?
-        }
-    };
+        .answer(id, request.text, by, now(&state))
+        .await?;
     Ok(Json(announce(&state, resolved)))
 }
 

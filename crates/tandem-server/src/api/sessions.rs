@@ -21,7 +21,7 @@ use hmac::{Hmac, Mac};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use tandem_store::{TokenKind, TokenSubject, WidgetKey};
+use tandem_store::{TokenSubject, WidgetKey};
 
 use crate::AppState;
 use crate::accounts;
@@ -251,12 +251,8 @@ async fn current(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<AgentSession>, ApiError> {
-    let secret = auth::session_secret(&headers).ok_or(ApiError::Unauthorized)?;
-    let token = state
-        .store
-        .authenticate(&secret)
+    let token = auth::session_token(&state, &headers)
         .await?
-        .filter(|token| token.kind == TokenKind::Agent)
         .ok_or(ApiError::Unauthorized)?;
     Ok(Json(AgentSession {
         name: token.agent_name.unwrap_or_default(),

@@ -105,29 +105,28 @@ pub async fn authenticate(
     let client = client_address(&request);
     let headers = request.headers();
     let token = match bearer_secret(headers) {
-        Some(secret) => state.store.authenticate(secret).await,
-        None => match session_secret(headers) {
-            Some(secret) => {
-                if !is_safe(request.method()) && !Origin::of(headers).is_own(headers) {
-                    return ApiError::forbidden(
-                        "cross_origin",
-                        "a signed-in request that changes something must come from this site",
-                    )
-                    .into_response();
-                }
-                // The cookie is the inbox's: only an agent's session counts.
-                state
-                    .store
-                    .authenticate(&secret)
-                    .await
-                    .map(|token| token.filter(|t| t.kind == TokenKind::Agent))
+        Some(secret) => state
+            .store
+            .authenticate(secret)
+            .await
+            .map_err(ApiError::from),
+        None => {
+            if session_secret(headers).is_some()
+                && !is_safe(request.method())
+                && !Origin::of(headers).is_own(headers)
+            {
+                return ApiError::forbidden(
+                    "cross_origin",
+                    "a signed-in request that changes something must come from this site",
+                )
+                .into_response();
             }
-            None => Ok(None),
-        },
+            session_token(&state, headers).await
+        }
     };
     let token = match token {
         Ok(token) => token,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => return e.into_response(),
     };
     match admit(&state, token, client) {
         Ok(principal) => {
@@ -189,6 +188,19 @@ pub fn session_secret(headers: &HeaderMap) -> Option<String> {
     CookieJar::from_headers(headers)
         .get(SESSION_COOKIE)
         .map(|cookie| cookie.value().to_owned())
+}
+
+/// The live agent session the sign-in cookie holds, if any. The cookie is
+/// the inbox's: another kind of token in it counts for nothing.
+pub async fn session_token(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Token>, ApiError> {
+    let Some(secret) = session_secret(headers) else {
+        return Ok(None);
+    };
+    let token = state.store.authenticate(&secret).await?;
+    Ok(token.filter(|t| t.kind == TokenKind::Agent))
 }
 
 /// The sign-in cookie for `secret`: HttpOnly (no script reads it),

@@ -382,81 +382,53 @@ impl Store {
         by: impl Into<InboxActor>,
         now: i64,
     ) -> Result<Resolved, StoreError> {
-        let actor = by.into();
-        self.write(job(move |mut tx| {
-            let (text, actor) = (text.clone(), actor.clone());
-            let by = actor.name.clone();
-            Box::pin(async move {
-                let tx = &mut tx;
-                let (item, run) = take_item(tx, item_id, InboxKind::Question, &actor).await?;
-                let tool_call_id = item.tool_call_id.clone().ok_or_else(|| {
-                    StoreError::invalid(
-                        "no_tool_call",
-                        format!("question {item_id} names no tool call to answer"),
-                    )
-                })?;
-                let answer = human_message(
-                    &item,
-                    &by,
-                    Role::Tool,
-                    Content::Parts(vec![Part::ToolResult {
-                        tool_call_id,
-                        name: ASK_HUMAN_TOOL.to_owned(),
-                        result: json!({"answer": text}),
-                        is_error: false,
-                    }]),
-                    Visibility::Internal,
-                );
-                let posted = insert_message(tx, answer).await?;
-                let resolution = Resolution {
-                    kind: InboxResolution::Answered,
-                    by,
-                    review: None,
-                    text: Some(text),
-                    message_id: Some(posted.message.id),
-                };
-                let (item, run, run_ready) = resolve(tx, &item, run, resolution, now).await?;
-                Ok(Resolved {
-                    item,
-                    thread: posted.reopened.clone(),
-                    message: Some(posted),
-                    draft: None,
-                    run,
-                    run_ready,
-                })
-            })
-        }))
-        .await
+        self.answer_item(item_id, Some(InboxKind::Question), text, by.into(), now)
+            .await
     }
 
-    /// Answers a `handoff` or an `escalation`: `text` is posted to the
-    /// customer as the agent's reply (public, `agent_name` and provider
-    /// `human`), and the item is resolved `answered`.
-    pub async fn answer_handoff(
+    /// Answers an item as its kind asks: a `question` as
+    /// [`Store::answer_question`]; a `handoff` or an `escalation` with
+    /// `text` posted to the customer as the agent's reply (public,
+    /// `agent_name` and provider `human`); any other kind is 409
+    /// `wrong_item_kind`. The item is resolved `answered`.
+    pub async fn answer(
         &self,
         item_id: InboxItemId,
         text: String,
         by: impl Into<InboxActor>,
         now: i64,
     ) -> Result<Resolved, StoreError> {
-        let actor = by.into();
+        self.answer_item(item_id, None, text, by.into(), now).await
+    }
+
+    /// Takes item `item_id` as a `kind` item (by default, as its own kind
+    /// asks), posts the answer `text` (see [`answer_message`]), and
+    /// resolves the item `answered` with it, in one transaction.
+    async fn answer_item(
+        &self,
+        item_id: InboxItemId,
+        kind: Option<InboxKind>,
+        text: String,
+        actor: InboxActor,
+        now: i64,
+    ) -> Result<Resolved, StoreError> {
         self.write(job(move |mut tx| {
             let (text, actor) = (text.clone(), actor.clone());
-            let by = actor.name.clone();
             Box::pin(async move {
                 let tx = &mut tx;
-                let (item, run) = take_item(tx, item_id, InboxKind::Handoff, &actor).await?;
-                let reply = human_message(
-                    &item,
-                    &by,
-                    Role::Assistant,
-                    Content::Text(text.clone()),
-                    Visibility::Public,
-                );
-                let posted = insert_message(tx, reply).await?;
+                let item = lock_item(tx, item_id)
+                    .await?
+                    .ok_or(StoreError::NotFound("inbox item"))?;
+                let kind = kind.unwrap_or(match item.kind {
+                    InboxKind::Handoff | InboxKind::Escalation => InboxKind::Handoff,
+                    _ => InboxKind::Question,
+                });
+                let (item, run) = take_locked(tx, item, kind, &actor).await?;
+                let message = answer_message(&item, kind, &actor.name, &text)?;
+                let posted = insert_message(tx, message).await?;
                 let resolution = Resolution {
                     kind: InboxResolution::Answered,
-                    by,
+                    by: actor.name,
                     review: None,
                     text: Some(text),
                     message_id: Some(posted.message.id),
@@ -636,6 +608,43 @@ pub(crate) async fn open_item_in(
 
 /// A message written by the human `by` about `item` (a reply to the
 /// message the item is about), marked as an agent's: provider `human`.
+/// The message answering `item` as a `kind` item: the result of the AI's
+/// `ask_human` tool call for a question, else the agent's public reply.
+fn answer_message(
+    item: &InboxItem,
+    kind: InboxKind,
+    by: &str,
+    text: &str,
+) -> Result<NewMessage, StoreError> {
+    if kind != InboxKind::Question {
+        return Ok(human_message(
+            item,
+            by,
+            Role::Assistant,
+            Content::Text(text.to_owned()),
+            Visibility::Public,
+        ));
+    }
+    let tool_call_id = item.tool_call_id.clone().ok_or_else(|| {
+        StoreError::invalid(
+            "no_tool_call",
+            format!("question {} names no tool call to answer", item.id),
+        )
+    })?;
+    Ok(human_message(
+        item,
+        by,
+        Role::Tool,
+        Content::Parts(vec![Part::ToolResult {
+            tool_call_id,
+            name: ASK_HUMAN_TOOL.to_owned(),
+            result: json!({"answer": text}),
+            is_error: false,
+        }]),
+        Visibility::Internal,
+    ))
+}
+
 fn human_message(
     item: &InboxItem,
     by: &str,
@@ -751,6 +760,17 @@ async fn take_item(
     let item = lock_item(tx, id)
         .await?
         .ok_or(StoreError::NotFound("inbox item"))?;
+    take_locked(tx, item, kind, actor).await
+}
+
+/// [`take_item`] for an item already locked in this transaction.
+async fn take_locked(
+    tx: &mut Tx<'_>,
+    item: InboxItem,
+    kind: InboxKind,
+    actor: &InboxActor,
+) -> Result<(InboxItem, Option<WorkflowRun>), StoreError> {
+    let id = item.id;
     let kind_fits = match kind {
         // An escalation and a handoff ask for the same: a human's reply.
         InboxKind::Handoff | InboxKind::Escalation => {
