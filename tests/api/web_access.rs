@@ -606,3 +606,82 @@ async fn the_pages_are_served_with_their_security_headers() {
         redirect.url()
     );
 }
+
+#[tokio::test]
+async fn sign_in_requests_refuse_bad_input() {
+    let server = TestServer::start().await;
+    server.agent_account("Sam", PASSWORD).await;
+    let origin = [(ORIGIN, server.url.as_str())];
+    for (body, code) in [
+        (json!({"name": "Sam"}), "invalid_body"),
+        (json!({"password": PASSWORD}), "invalid_body"),
+        (
+            json!({"name": "Sam", "password": PASSWORD, "role": "admin"}),
+            "invalid_body",
+        ),
+        (json!({"name": 7, "password": PASSWORD}), "invalid_body"),
+    ] {
+        post_with(&server, "/v1/agents/sessions", &origin, body)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, code);
+    }
+    let malformed = server
+        .client
+        .post(format!("{}/v1/agents/sessions", server.url))
+        .header("content-type", "application/json")
+        .body("{\"name\": \"Sam\", ")
+        .send()
+        .await
+        .unwrap();
+    Response::read(malformed)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "malformed_json");
+    let form = server
+        .client
+        .post(format!("{}/v1/agents/sessions", server.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("name=Sam&password=x")
+        .send()
+        .await
+        .unwrap();
+    Response::read(form)
+        .await
+        .assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+
+    // No cookie: nobody is signed in, and signing out is harmless.
+    let me = server
+        .client
+        .get(format!("{}/v1/agents/sessions", server.url))
+        .send()
+        .await
+        .unwrap();
+    Response::read(me)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let out = server
+        .client
+        .delete(format!("{}/v1/agents/sessions", server.url))
+        .header(ORIGIN, &server.url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    // Another site cannot sign a browser out either.
+    let (cookie, _) = sign_in(&server, "Sam", PASSWORD).await;
+    with_cookie(
+        &server,
+        Method::DELETE,
+        "/v1/agents/sessions",
+        &cookie,
+        Some("https://evil.example.com"),
+        None,
+    )
+    .await
+    .assert_error(StatusCode::FORBIDDEN, "cross_origin");
+    assert_eq!(
+        get_with_cookie(&server, "/v1/agents/sessions", &cookie)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
