@@ -3,8 +3,8 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tandem_model::{InboxKind, NewInboxItem};
 use tandem_scripted_llm::{Reply, ScriptedLlm};
-use tandem_store::{InboxKind, NewInboxItem};
 use tandem_tests::TestServer;
 use tandem_tests::reply::{Chat, inbox, set_policy, wait_for_item, without_context};
 use tandem_tests::ws::WsClient;
@@ -253,7 +253,7 @@ async fn of_two_agents_racing_for_an_item_exactly_one_wins_every_time() {
                 due_at: None,
                 due_in: None,
                 team: None,
-                priority: tandem_store::Priority::Normal,
+                priority: tandem_model::Priority::Normal,
                 run_id: None,
             })
             .await

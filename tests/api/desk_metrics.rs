@@ -7,8 +7,8 @@ use std::time::Instant;
 use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tandem_model::{InboxKind, NewInboxItem};
 use tandem_scripted_llm::{Reply, ScriptedLlm};
-use tandem_store::{InboxKind, NewInboxItem};
 use tandem_tests::TestServer;
 use tandem_tests::reply::{Chat, WAIT, inbox, resolve, wait_for_item};
 use tandem_tests::ws::WsClient;
@@ -46,7 +46,7 @@ async fn open_item(server: &TestServer, thread: &str, kind: InboxKind) -> Value 
             due_at: None,
             due_in: None,
             team: None,
-            priority: tandem_store::Priority::Normal,
+            priority: tandem_model::Priority::Normal,
             run_id: None,
         })
         .await

@@ -233,11 +233,11 @@ async fn shutdown_finishes_requests_in_flight() {
     let store = tandem_store::Store::connect(&server.db.options())
         .await
         .unwrap();
-    let id: tandem_store::ThreadId = thread.parse().unwrap();
+    let id: tandem_model::ThreadId = thread.parse().unwrap();
     let stored = store
         .list_messages(
             id,
-            &tandem_store::MessageFilter {
+            &tandem_model::MessageFilter {
                 after_seq: 0,
                 limit: 10,
                 customer_view: false,

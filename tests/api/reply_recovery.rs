@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tandem_store::{Author, AuthorKind, Content, MessageStatus, NewMessage, Role, Visibility};
+use tandem_model::{Author, AuthorKind, Content, MessageStatus, NewMessage, Role, Visibility};
 use tandem_tests::TestServer;
 
 #[tokio::test]

@@ -581,14 +581,14 @@ async fn another_processs_run_changes_reach_this_one() {
         .pause_run(id.parse().expect("run id"))
         .await
         .expect("pause from the other process");
-    assert_eq!(paused.status, tandem_store::RunStatus::Paused);
+    assert_eq!(paused.status, tandem_model::RunStatus::Paused);
     let frame = ws.next_of("workflow").await;
     assert_eq!(frame["run"]["status"], "paused", "{frame}");
 
     let now = tandem_store::micros(tandem_workflows::Clock::now(server.clock().as_ref()));
     let created = other
         .create_run(
-            tandem_store::NewRun {
+            tandem_model::NewRun {
                 name: "fulfil".into(),
                 version: "1".into(),
                 args: json!({"order": 6}),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tandem_store::{InboxItem, InboxKind, InboxStatus, NewInboxItem};
+use tandem_model::{InboxItem, InboxKind, InboxStatus, NewInboxItem};
 use tandem_tests::TestServer;
 use tandem_tests::ws::{Ended, FRAME_TIMEOUT, Refused, WsClient};
 use tokio_tungstenite::tungstenite::Message;
@@ -165,7 +165,7 @@ fn new_item(thread: &str, body: &str) -> NewInboxItem {
         due_at: None,
         due_in: None,
         team: None,
-        priority: tandem_store::Priority::Normal,
+        priority: tandem_model::Priority::Normal,
         run_id: None,
     }
 }

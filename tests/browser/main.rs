@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Value, json};
+use tandem_model::{InboxKind, NewInboxItem, Priority, ThreadId};
 use tandem_scripted_llm::{RecordedRequest, Reply, ScriptedLlm};
-use tandem_store::{InboxKind, NewInboxItem, Priority, ThreadId};
 use tandem_tests::TestServer;
 use tandem_tests::reply::{set_policy, wait_for_message};
 
@@ -32,7 +32,7 @@ const PASSWORD: &str = "correct horse battery staple";
 
 /// A server with the scripted model, an inbox account for [`AGENT`] and a
 /// widget key for the server's own origin (and `origins`).
-async fn start(llm: &ScriptedLlm, origins: &[String]) -> (TestServer, tandem_store::WidgetKey) {
+async fn start(llm: &ScriptedLlm, origins: &[String]) -> (TestServer, tandem_model::WidgetKey) {
     let server = TestServer::with_ai(llm, |config| config.agent.name = AI_NAME.into()).await;
     prepare(server, origins, false).await
 }
@@ -41,7 +41,7 @@ async fn prepare(
     server: TestServer,
     origins: &[String],
     identity_required: bool,
-) -> (TestServer, tandem_store::WidgetKey) {
+) -> (TestServer, tandem_model::WidgetKey) {
     server.agent_account(AGENT, PASSWORD).await;
     let mut allowed = vec![server.url.clone()];
     allowed.extend(origins.iter().cloned());
@@ -51,7 +51,7 @@ async fn prepare(
 }
 
 /// The variables of a scenario with a widget key and the agent's sign-in.
-fn vars(server: &TestServer, key: &tandem_store::WidgetKey) -> Vec<(&'static str, String)> {
+fn vars(server: &TestServer, key: &tandem_model::WidgetKey) -> Vec<(&'static str, String)> {
     let mut vars = base_vars(server);
     vars.extend([
         ("WIDGET_KEY", key.key.clone()),

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use tandem_model::{RunId, TokenSubject};
 use tandem_server::{AppState, Config};
-use tandem_store::{RunId, Store, TokenSubject};
+use tandem_store::Store;
 use tandem_workflows::{Clock, Engine, ManualClock, Registry, SystemClock};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -304,9 +305,9 @@ impl TestServer {
         &self,
         origins: &[&str],
         identity_required: bool,
-    ) -> tandem_store::WidgetKey {
+    ) -> tandem_model::WidgetKey {
         self.store
-            .create_widget_key(tandem_store::NewWidgetKey {
+            .create_widget_key(tandem_model::NewWidgetKey {
                 name: "test widget".into(),
                 allowed_origins: origins.iter().map(|o| (*o).to_owned()).collect(),
                 identity_required,

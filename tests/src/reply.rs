@@ -232,7 +232,7 @@ pub async fn staff_view(server: &TestServer, thread: &str, message: &Value) -> V
 /// Asserts that a message as a customer got it holds none of the
 /// staff-only metadata.
 pub fn assert_customer_safe(message: &Value) {
-    for key in tandem_store::STAFF_METADATA {
+    for key in tandem_model::metadata::staff_only_keys() {
         assert!(
             message["metadata"].get(key).is_none(),
             "`{key}` reached the customer: {message:#}"
@@ -269,7 +269,7 @@ pub async fn usage(server: &TestServer, id: &str) -> Value {
 /// yet (`PATCH /v1/threads/{id}` refuses `assigned_to`).
 pub async fn assign_to_humans(server: &TestServer, thread: &str) {
     use sqlx::Connection;
-    let id: tandem_store::ThreadId = thread.parse().expect("thread id");
+    let id: tandem_model::ThreadId = thread.parse().expect("thread id");
     const SQL: &str = "UPDATE threads SET assigned_to = 'human' WHERE id = $1";
     let updated = match &server.db {
         crate::TestDb::Sqlite { dir } => {

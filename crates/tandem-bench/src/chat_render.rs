@@ -23,8 +23,8 @@ use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use serde_json::Value;
 use tandem_bench::server::{InProcessServer, StoreArgs};
+use tandem_model::NewWidgetKey;
 use tandem_server::config::Quota;
-use tandem_store::NewWidgetKey;
 
 #[derive(Debug, Parser)]
 #[command(

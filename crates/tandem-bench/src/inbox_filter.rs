@@ -32,8 +32,9 @@ use chrono::Utc;
 use clap::Parser;
 use serde_json::{Value, json};
 use tandem_bench::server::{InProcessServer, StoreArgs};
+use tandem_model::{InboxKind, NewInboxItem, NewThread, Priority};
 use tandem_server::config::Quota;
-use tandem_store::{InboxKind, NewInboxItem, NewThread, Priority, Store};
+use tandem_store::Store;
 
 const AGENT: &str = "bench-agent";
 const PASSWORD: &str = "bench password, not secret";

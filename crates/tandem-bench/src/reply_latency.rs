@@ -73,10 +73,11 @@ use tandem_bench::procfs::{CpuSample, CpuUse};
 use tandem_bench::server::{InProcessServer, StoreArgs};
 use tandem_llm::prompt::{self, PromptOptions};
 use tandem_llm::{ChatMessage, ChatRequest, Llm, LlmConfig};
+use tandem_model::{InboxFilter, InboxStatus, InboxStatuses, ThreadId, TokenSubject, metadata};
 use tandem_scripted_llm::{Reply, ScriptedLlm};
 use tandem_server::AppState;
 use tandem_server::config::Quota;
-use tandem_store::{InboxFilter, InboxStatus, InboxStatuses, Store, ThreadId, TokenSubject};
+use tandem_store::Store;
 use tandem_workflows::{Registry, SystemClock};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -523,7 +524,7 @@ impl Client {
         if reply["content"] != ANSWER {
             bail!("the reply is not the model's answer: {reply}");
         }
-        let run_id = reply["metadata"]["run_id"]
+        let run_id = reply["metadata"][metadata::RUN_ID]
             .as_str()
             .context("the reply names no run")?
             .to_owned();
@@ -674,7 +675,7 @@ async fn probe(store: &Store, thread: &str, times: usize) -> Result<Vec<(&'stati
     let mut results: Vec<(&'static str, Vec<i64>)> = [
         "ping (SELECT 1)",
         "get_thread",
-        "load_policy",
+        "policy",
         "prompt_history (200)",
         "list_inbox (thread, open)",
         "prompt::build",
@@ -692,7 +693,7 @@ async fn probe(store: &Store, thread: &str, times: usize) -> Result<Vec<(&'stati
         store.get_thread(id, None).await?;
         timed.push(started.elapsed());
         let started = Instant::now();
-        tandem_router::load_policy(store).await?;
+        store.policy().await?;
         timed.push(started.elapsed());
         let started = Instant::now();
         store.prompt_history(id, 200).await?;

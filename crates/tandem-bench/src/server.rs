@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use tandem_model::TokenSubject;
 use tandem_server::config::Quota;
 use tandem_server::{AppState, Config};
-use tandem_store::{Store, Synchronous, TokenSubject};
+use tandem_store::{Store, Synchronous};
 use tandem_workflows::{Registry, SystemClock};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

@@ -5,8 +5,9 @@ use std::io::{BufRead, IsTerminal};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use tandem_model::NewWidgetKey;
 use tandem_server::accounts;
-use tandem_store::{NewWidgetKey, Store};
+use tandem_store::Store;
 
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {

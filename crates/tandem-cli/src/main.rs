@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tandem_model::TokenSubject;
 use tandem_server::config::{Config, LogFormat};
 use tandem_server::{AppState, serve};
-use tandem_store::{Store, TokenSubject};
+use tandem_store::Store;
 use tandem_workflows::{Registry, SystemClock};
 use tokio::net::TcpListener;
 

@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tandem_store::{
-    Author, AuthorKind, Content, MessageStatus, NewMessage, Role, Store, ThreadId, Visibility,
+use tandem_model::{
+    Author, AuthorKind, Content, MessageStatus, NewMessage, Role, ThreadId, Visibility,
 };
+use tandem_store::Store;
 use tandem_tests::{Response, TestDb};
 
 use process::{Served, secret_in, serve, serve_command, signal, tandem, wait_for_exit};

@@ -27,7 +27,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tandem_store::{AuthorKind, Content, Message, MessageStatus, Part, Role, Visibility};
+use tandem_model::{AuthorKind, Content, Message, MessageStatus, Part, Role, Visibility, metadata};
 
 use crate::types::{ChatMessage, ToolCall};
 
@@ -310,7 +310,11 @@ fn is_kept(message: &Message) -> bool {
 
 fn is_human(message: &Message) -> bool {
     message.author.kind == AuthorKind::Human
-        || message.metadata.get("provider").and_then(Value::as_str) == Some("human")
+        || message
+            .metadata
+            .get(metadata::PROVIDER)
+            .and_then(Value::as_str)
+            == Some("human")
 }
 
 /// The text of a message: plain text, or its text parts joined by newlines.
@@ -425,7 +429,8 @@ fn markers(
 mod tests {
     use chrono::Utc;
     use serde_json::json;
-    use tandem_store::{Author, MessageId, ThreadId};
+    use tandem_model::names::ASK_HUMAN_TOOL;
+    use tandem_model::{Author, MessageId, ThreadId};
 
     use super::*;
 
@@ -504,7 +509,7 @@ mod tests {
             AuthorKind::Human,
             Content::Parts(vec![Part::ToolResult {
                 tool_call_id: id.to_owned(),
-                name: "ask_human".to_owned(),
+                name: ASK_HUMAN_TOOL.to_owned(),
                 result,
                 is_error: false,
             }]),
@@ -614,7 +619,7 @@ mod tests {
             customer("Can I get a refund?"),
             ai_call(
                 "call_1",
-                "ask_human",
+                ASK_HUMAN_TOOL,
                 json!({"question": "Refund order 42?"}),
             ),
             tool_result("call_1", json!({"answer": "Yes"})),
@@ -635,7 +640,7 @@ mod tests {
     fn a_result_stored_later_moves_next_to_its_call() {
         let history = [
             customer("Refund?"),
-            ai_call("call_1", "ask_human", json!({"question": "Refund?"})),
+            ai_call("call_1", ASK_HUMAN_TOOL, json!({"question": "Refund?"})),
             customer("Hello? Anyone?"),
             tool_result("call_1", json!("Approved")),
         ];
@@ -654,7 +659,7 @@ mod tests {
     fn an_unanswered_call_gets_no_answer_yet() {
         let history = [
             customer("Refund?"),
-            ai_call("call_1", "ask_human", json!({"question": "Refund?"})),
+            ai_call("call_1", ASK_HUMAN_TOOL, json!({"question": "Refund?"})),
             customer("Still there?"),
         ];
         let turns = build(&history, &options(10_000));

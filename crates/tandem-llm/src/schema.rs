@@ -180,6 +180,7 @@ mod tests {
     use schemars::JsonSchema;
     use serde::Deserialize;
     use serde_json::json;
+    use tandem_model::names::ASK_HUMAN_TOOL;
 
     use super::*;
 
@@ -218,7 +219,7 @@ mod tests {
 
     #[test]
     fn tool_parameters_are_inlined_and_closed() {
-        let spec = tool::<AskHuman>("ask_human", "Ask a human.");
+        let spec = tool::<AskHuman>(ASK_HUMAN_TOOL, "Ask a human.");
         let text = spec.parameters.to_string();
         assert!(!text.contains("$ref"), "{text}");
         assert!(!text.contains("$defs"), "{text}");
@@ -265,7 +266,7 @@ mod tests {
     fn arguments_parse_or_explain() {
         let call = |arguments: &str| ToolCall {
             id: "call_1".to_owned(),
-            name: "ask_human".to_owned(),
+            name: ASK_HUMAN_TOOL.to_owned(),
             arguments: arguments.to_owned(),
         };
         let parsed: AskHuman = parse_arguments(&call(

@@ -3,7 +3,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tandem_store::Responder;
+use tandem_model::Responder;
 
 /// What the classifier model must answer. Anything else (extra fields, a
 /// missing field, not JSON) is malformed, and the message goes to humans.

@@ -18,16 +18,15 @@
 use serde_json::{Value, json};
 use tandem_llm::prompt::{self, PromptOptions};
 use tandem_llm::{ChatMessage, ChatRequest, Delta, Llm, LlmError};
-use tandem_store::{
-    Author, AuthorKind, Content, IdempotencyKey, Message, MessageId, MessageStatus, NewMessage,
-    Role, Store, StoreError, ThreadId, Visibility,
+use tandem_model::metadata::{PROVIDER, SUGGESTION, USAGE};
+use tandem_model::{
+    Author, AuthorKind, Content, Message, MessageId, MessageStatus, NewMessage, Role, ThreadId,
+    Visibility,
 };
+use tandem_store::{IdempotencyKey, Store, StoreError};
 
 use crate::reply::AgentConfig;
 
-/// The metadata key of a suggestion (`{"requested_by", "instructions"?}`)
-/// and of a reply sent from one (`{"id", "edited"}`).
-pub const SUGGESTION: &str = "suggestion";
 /// Most characters of an agent's guidance for one suggestion.
 pub const MAX_INSTRUCTIONS_CHARS: usize = 2_000;
 /// How many of the newest messages are read; the token budget trims them.
@@ -83,7 +82,7 @@ impl Copilot {
         let store = &self.store;
         let (thread, policy, history, handed_back_at) = tokio::join!(
             store.get_thread(request.thread_id, None),
-            crate::load_policy(store),
+            store.policy(),
             store.prompt_history(request.thread_id, HISTORY_WINDOW),
             store.last_hand_back(request.thread_id),
         );
@@ -166,8 +165,8 @@ impl Copilot {
             visibility: Visibility::Internal,
             status: MessageStatus::Published,
             metadata: json!({
-                "provider": completion.model,
-                "usage": completion.usage,
+                PROVIDER: completion.model,
+                USAGE: completion.usage,
                 SUGGESTION: suggestion,
             }),
             reply_to: answers,

@@ -18,11 +18,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tandem_store::{
+use tandem_model::metadata::{DESK, PROVIDER};
+use tandem_model::names::{ASK_HUMAN_TOOL, DEADLINE_VERSION, DEADLINE_WORKFLOW, REPLY_WORKFLOW};
+use tandem_model::{
     AssignmentMode, Author, AuthorKind, Content, ExpireItem, ExpiryAction, ExpiryOutcome, Fallback,
     InboxItemId, InboxKind, InboxStatus, MessageId, MessageStatus, NewMessage, NewRun, Part, Role,
-    Store, ThreadId, Visibility,
+    ThreadId, Visibility,
 };
+use tandem_store::Store;
 use tandem_workflows::{ActionError, Context, StepError, WorkflowDef};
 
 use crate::reply::actions::store_failed;
@@ -90,8 +93,8 @@ impl DeadlineWatch {
     pub fn workflow(&self) -> WorkflowDef {
         let watch = self.clone();
         WorkflowDef::new(
-            tandem_store::DEADLINE_WORKFLOW,
-            tandem_store::DEADLINE_VERSION,
+            DEADLINE_WORKFLOW,
+            DEADLINE_VERSION,
             move |ctx: Context, args: DeadlineArgs| {
                 let watch = watch.clone();
                 async move { watch.run(ctx, args).await }
@@ -149,10 +152,7 @@ impl DeadlineWatch {
         else {
             return Ok(None);
         };
-        let policy = crate::load_policy(&self.store)
-            .await
-            .map_err(store_failed)?
-            .desk;
+        let policy = self.store.policy().await.map_err(store_failed)?.desk;
         let reassigned = u32::try_from(item.expiries).unwrap_or(u32::MAX);
         let next_due_in = (reassigned.saturating_add(1) < policy.max_reassignments)
             .then(|| policy.due_in(item.kind, item.priority))
@@ -201,7 +201,7 @@ impl DeadlineWatch {
                     Role::Assistant,
                     Content::Text(watch.holding_message.clone()),
                     Visibility::Public,
-                    json!({"provider": "tandem", "desk": {"holding": true}}),
+                    json!({PROVIDER: "tandem", DESK: {"holding": true}}),
                 ),
             },
             Fallback::AiAnswer => ExpiryAction::AiAnswer {
@@ -210,7 +210,7 @@ impl DeadlineWatch {
                     Role::Assistant,
                     Content::Text(AI_ANSWER_NOTE.into()),
                     Visibility::Internal,
-                    json!({"provider": "tandem", "desk": {"deadline_passed": item_id}}),
+                    json!({PROVIDER: "tandem", DESK: {"deadline_passed": item_id}}),
                 ),
                 answer: watch.tool_call_id.clone().map(|id| {
                     self.system_message(
@@ -218,16 +218,16 @@ impl DeadlineWatch {
                         Role::Tool,
                         Content::Parts(vec![Part::ToolResult {
                             tool_call_id: id,
-                            name: tandem_store::ASK_HUMAN_TOOL.into(),
+                            name: ASK_HUMAN_TOOL.into(),
                             result: json!({"answer": null, "note": NO_ANSWER}),
                             is_error: false,
                         }]),
                         Visibility::Internal,
-                        json!({"provider": "tandem"}),
+                        json!({PROVIDER: "tandem"}),
                     )
                 }),
                 follow_up: watch.latest_customer.map(|(message_id, seq)| NewRun {
-                    name: reply::WORKFLOW.into(),
+                    name: REPLY_WORKFLOW.into(),
                     version: reply::VERSION.into(),
                     args: json!(ReplyArgs {
                         thread_id: watch.thread_id,

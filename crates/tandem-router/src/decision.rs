@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tandem_llm::Usage;
-use tandem_store::Responder;
+use tandem_model::Responder;
 
 /// One strategy's verdict, and what it cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

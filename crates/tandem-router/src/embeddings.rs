@@ -1,9 +1,8 @@
 //! The embeddings strategy: the customer's message is compared with
 //! labelled examples (`POST /v1/routing/examples`), and the nearest vote.
 
-use tandem_store::{Responder, RoutingExample};
-
-use crate::policy::EmbeddingsPolicy;
+use tandem_model::policy::EmbeddingsPolicy;
+use tandem_model::{Responder, RoutingExample};
 
 /// The outcome of a vote: the winner when it won clearly enough, and why.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,8 +85,9 @@ pub fn vote(
 
 #[cfg(test)]
 mod tests {
+    use tandem_model::RoutingExampleId;
+
     use super::*;
-    use tandem_store::RoutingExampleId;
 
     fn example(vector: Vec<f32>, label: Responder) -> RoutingExample {
         RoutingExample {

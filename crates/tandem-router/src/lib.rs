@@ -1,8 +1,11 @@
 //! Tandem's router and reply path: who answers each customer message, and
 //! the durable `reply` run that carries the answer.
 //!
-//! - [`policy`]: the routing policy (`GET`/`PUT /v1/policy`): strategies in
-//!   order, thresholds, the approval gate.
+//! The routing policy it follows is the domain's (`tandem_model::policy`:
+//! strategies in order, thresholds, the approval gate, the desk), read with
+//! the store's `Store::policy`; the workflow and tool names are
+//! `tandem_model::names`.
+//!
 //! - [`classifier`], [`embeddings`]: two of the strategies; the others
 //!   (assignment, the AI with its tools and confidence) live in the run.
 //! - [`tools`]: `ask_human` and `escalate`, with schemas from their types.
@@ -18,30 +21,10 @@ pub mod copilot;
 pub mod deadline;
 pub mod decision;
 pub mod embeddings;
-pub mod policy;
 pub mod reply;
 pub mod tools;
 
 pub use copilot::{Copilot, CopilotError, SuggestionRequest};
 pub use deadline::DeadlineWatch;
 pub use decision::Decision;
-pub use policy::Policy;
 pub use reply::{AgentConfig, Replier, ReplyArgs, ReplyEvents, ReplyOutcome};
-
-use tandem_store::{Store, StoreError};
-
-/// The `settings` row that holds the policy.
-pub const POLICY_SETTING: &str = "policy";
-
-/// The stored policy, or the default when none was ever set. A stored
-/// document that no longer parses (written by a newer version, say) is
-/// reported and replaced by the default rather than stopping every reply.
-pub async fn load_policy(store: &Store) -> Result<Policy, StoreError> {
-    let Some(value) = store.get_setting(POLICY_SETTING).await? else {
-        return Ok(Policy::default());
-    };
-    Ok(serde_json::from_value(value).unwrap_or_else(|error| {
-        tracing::error!(%error, "router: the stored policy does not parse; using the default");
-        Policy::default()
-    }))
-}

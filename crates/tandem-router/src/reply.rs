@@ -30,20 +30,23 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tandem_llm::{ChatMessage, Completion, Delta, Llm, ToolCall, Usage, parse_arguments};
-use tandem_store::{
-    Author, AuthorKind, Content, InboxItemId, MessageId, MessageStatus, NewMessage, Part,
-    Responder, Role, Store, ThreadId, Visibility,
+use tandem_model::metadata::{
+    CONFIDENCE, DECISIONS, PROVIDER, PROVIDER_METADATA, ROUTING, RUN_ID, USAGE,
 };
+use tandem_model::names::{ASK_HUMAN_TOOL, ESCALATE_TOOL, REPLY_WORKFLOW};
+use tandem_model::policy::Strategy;
+use tandem_model::{
+    Author, AuthorKind, Content, InboxItemId, MessageId, MessageStatus, NewMessage, Part,
+    Responder, Role, ThreadId, Visibility,
+};
+use tandem_store::Store;
 use tandem_workflows::{Context, RetryPolicy, StepError, Wakeup, WorkflowDef};
 
 use crate::decision::Decision;
-use crate::policy::Strategy;
-use crate::tools::{self, ASK_HUMAN, AskHuman, ESCALATE, Escalate};
+use crate::tools::{self, AskHuman, Escalate};
 use actions::{ConfidentReply, ModelTurn, Snapshot, Verdict};
 use handover::Handover;
 
-/// The workflow's name.
-pub const WORKFLOW: &str = "reply";
 /// Bumped whenever the steps a run takes change shape, so that runs in
 /// flight finish on the code they started with.
 pub const VERSION: &str = "1";
@@ -165,10 +168,14 @@ impl Replier {
     /// The workflow definition to register.
     pub fn workflow(&self) -> WorkflowDef {
         let replier = self.clone();
-        WorkflowDef::new(WORKFLOW, VERSION, move |ctx: Context, args: ReplyArgs| {
-            let replier = replier.clone();
-            async move { replier.run(ctx, args).await }
-        })
+        WorkflowDef::new(
+            REPLY_WORKFLOW,
+            VERSION,
+            move |ctx: Context, args: ReplyArgs| {
+                let replier = replier.clone();
+                async move { replier.run(ctx, args).await }
+            },
+        )
     }
 
     async fn run(&self, ctx: Context, args: ReplyArgs) -> Result<ReplyOutcome, StepError> {
@@ -265,7 +272,7 @@ struct Reply<'a> {
     snapshot: &'a Snapshot,
     /// The history the `context` step read, until the first model call
     /// takes it.
-    read_ahead: &'a Mutex<Option<Vec<tandem_store::Message>>>,
+    read_ahead: &'a Mutex<Option<Vec<tandem_model::Message>>>,
     decisions: Vec<Decision>,
     usage: Usage,
     /// The id text was streamed under, if any.
@@ -411,7 +418,7 @@ impl Reply<'_> {
     ) -> Result<Option<ReplyOutcome>, StepError> {
         let calls = &completion.tool_calls;
         // An escalation ends the reply, whatever else was asked.
-        for call in calls.iter().filter(|c| c.name == ESCALATE) {
+        for call in calls.iter().filter(|c| c.name == ESCALATE_TOOL) {
             match parse_arguments::<Escalate>(call).and_then(|e| {
                 tools::check_text("reason", &e.reason)?;
                 Ok(e)
@@ -443,8 +450,8 @@ impl Reply<'_> {
             }
         }
         let mut asked = false;
-        for call in calls.iter().filter(|c| c.name != ESCALATE) {
-            if call.name != ASK_HUMAN {
+        for call in calls.iter().filter(|c| c.name != ESCALATE_TOOL) {
+            if call.name != ASK_HUMAN_TOOL {
                 refuse(
                     local,
                     call,
@@ -491,7 +498,7 @@ impl Reply<'_> {
         }
         parts.push(Part::ToolCall {
             id: call.id.clone(),
-            name: ASK_HUMAN.into(),
+            name: ASK_HUMAN_TOOL.into(),
             arguments,
         });
         let message = NewMessage {
@@ -507,8 +514,8 @@ impl Reply<'_> {
             visibility: Visibility::Internal,
             status: MessageStatus::Published,
             metadata: json!({
-                "provider": completion.model,
-                "usage": completion.usage,
+                PROVIDER: completion.model,
+                USAGE: completion.usage,
             }),
             reply_to: Some(self.args.message_id),
             customer_scope: None,
@@ -626,15 +633,15 @@ impl Reply<'_> {
         self.decisions.push(decision.clone());
         let agent = &self.replier.inner.agent;
         let mut metadata = json!({
-            "provider": completion.model,
-            "providerMetadata": {"openai": {"finish_reason": completion.finish_reason}},
-            "usage": self.usage,
-            "routing": decision,
-            "decisions": self.decisions,
-            "run_id": self.ctx.run_id(),
+            PROVIDER: completion.model,
+            PROVIDER_METADATA: {"openai": {"finish_reason": completion.finish_reason}},
+            USAGE: self.usage,
+            ROUTING: decision,
+            DECISIONS: self.decisions,
+            RUN_ID: self.ctx.run_id(),
         });
         if let Some(confidence) = confidence {
-            metadata["confidence"] = json!(confidence);
+            metadata[CONFIDENCE] = json!(confidence);
         }
         let message = NewMessage {
             id: Some(reply_id),
@@ -667,10 +674,10 @@ impl Reply<'_> {
         };
         match posted {
             Ok(posted) => Ok(self.end(Ending::Replied, Responder::Ai, Some(posted.id), None)),
-            Err(tandem_store::SkipReason::NewerCustomerMessage) => {
+            Err(tandem_model::SkipReason::NewerCustomerMessage) => {
                 Ok(self.end(Ending::Superseded, Responder::Ai, None, None))
             }
-            Err(tandem_store::SkipReason::AssignedToHuman) => {
+            Err(tandem_model::SkipReason::AssignedToHuman) => {
                 Ok(self.end(Ending::TakenOver, Responder::Human, None, None))
             }
         }
@@ -688,7 +695,7 @@ impl Reply<'_> {
         message.visibility = Visibility::Internal;
         message.status = MessageStatus::PendingApproval;
         self.decisions.push(Decision::rule("approval", None, why));
-        message.metadata["decisions"] = json!(self.decisions);
+        message.metadata[DECISIONS] = json!(self.decisions);
         let opened = self
             .ctx
             .open_item(

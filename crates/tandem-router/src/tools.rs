@@ -6,9 +6,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tandem_llm::{ToolSpec, tool};
-
-pub const ASK_HUMAN: &str = "ask_human";
-pub const ESCALATE: &str = "escalate";
+use tandem_model::names::{ASK_HUMAN_TOOL, ESCALATE_TOOL};
 
 /// `ask_human`: the AI needs a fact or a decision only a person can give.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -33,13 +31,13 @@ pub struct Escalate {
 pub fn specs() -> Vec<ToolSpec> {
     vec![
         tool::<AskHuman>(
-            ASK_HUMAN,
+            ASK_HUMAN_TOOL,
             "Ask the human support team a question when you need information or a decision \
              you do not have. The conversation waits for their answer, which comes back as \
              this tool's result; then write the reply to the customer.",
         ),
         tool::<Escalate>(
-            ESCALATE,
+            ESCALATE_TOOL,
             "Hand the conversation to the human support team, when the customer asks for a \
              person or you cannot help. Give the reason, and the reply you would suggest.",
         ),

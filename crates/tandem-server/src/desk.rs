@@ -96,7 +96,7 @@ async fn sweep(store: &Store, hub: &Hub, config: &DeskConfig) {
 
 /// Gives waiting items to online agents with room.
 async fn assign(store: &Store, hub: &Hub, config: &DeskConfig) {
-    let mode = match tandem_router::load_policy(store).await {
+    let mode = match store.policy().await {
         Ok(policy) => policy.desk.assignment,
         Err(error) => {
             tracing::warn!(%error, "desk: reading the policy failed");

@@ -34,7 +34,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
-use tandem_store::{InboxItem, Message, MessageId, RunId, Store, Thread, ThreadId, TokenId};
+use tandem_model::policy::DeskPolicy;
+use tandem_model::{InboxItem, Message, MessageId, RunId, Thread, ThreadId, TokenId};
+use tandem_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -296,7 +298,7 @@ impl Hub {
 
     /// A message as the store posted it: the message, the thread it
     /// reopened, and the inbox items it answered (a human agent's reply).
-    pub fn publish_posted(&self, posted: &tandem_store::PostedMessage) {
+    pub fn publish_posted(&self, posted: &tandem_model::PostedMessage) {
         self.publish_message(&posted.message);
         if let Some(thread) = &posted.reopened {
             self.publish_thread(thread);
@@ -356,9 +358,9 @@ impl Hub {
     }
 
     /// An inbox item opened or changed: pushed on `inbox` with its context
-    /// (see [`tandem_store::InboxView`]), in the order of the calls.
+    /// (see [`tandem_model::InboxView`]), in the order of the calls.
     pub fn publish_inbox(&self, item: &InboxItem) {
-        if item.status == tandem_store::InboxStatus::Open {
+        if item.status == tandem_model::InboxStatus::Open {
             let waker = lock(&self.inner.desk_waker).clone();
             if let Some(wake) = waker {
                 wake();
@@ -369,7 +371,7 @@ impl Hub {
             Some(sender) if sender.send(item.clone()).is_ok() => {}
             // Not started, or stopping: the item alone, at once.
             _ => {
-                let view = tandem_store::InboxView::bare(item.clone());
+                let view = tandem_model::InboxView::bare(item.clone());
                 self.to_inbox(&Utf8Bytes::from(
                     ServerFrame::Inbox { item: &view }.encode(),
                 ));
@@ -401,20 +403,20 @@ impl Hub {
     pub(crate) async fn inbox_context(
         &self,
         items: Vec<InboxItem>,
-    ) -> Vec<tandem_store::InboxView> {
+    ) -> Vec<tandem_model::InboxView> {
         let bare = |items: Vec<InboxItem>| {
             items
                 .into_iter()
-                .map(tandem_store::InboxView::bare)
+                .map(tandem_model::InboxView::bare)
                 .collect()
         };
         if lock(&self.inner.inbox).subscribers.is_empty() {
             return bare(items);
         }
         let store = &self.inner.store;
-        let history = match tandem_router::load_policy(store).await {
+        let history = match store.policy().await {
             Ok(policy) => policy.desk.item_history,
-            Err(_) => tandem_router::policy::DeskPolicy::default().item_history,
+            Err(_) => DeskPolicy::default().item_history,
         };
         match store.inbox_views(items.clone(), history).await {
             Ok(views) => views,

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use tandem_model::Message;
+use tandem_model::names::REPLY_WORKFLOW;
 use tandem_router::ReplyArgs;
-use tandem_router::reply::WORKFLOW;
-use tandem_store::{IdempotencyKey, Message, Store};
+use tandem_store::{IdempotencyKey, Store};
 use tandem_workflows::Engine;
 
 /// The idempotency scope of reply runs: one run per message id.
@@ -37,7 +38,7 @@ pub async fn start(engine: &Engine, message: &Message) {
             return;
         }
     };
-    if let Err(error) = engine.start_run(WORKFLOW, args, Some(key)).await {
+    if let Err(error) = engine.start_run(REPLY_WORKFLOW, args, Some(key)).await {
         tracing::error!(%error, message = %message.id, "reply: starting the run failed");
     }
 }

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use tandem_store::{EffectOutput, MessageId, Store, StoreError, ThreadId, WorkflowRun};
+use tandem_model::names::REPLY_WORKFLOW;
+use tandem_model::{EffectOutput, MessageId, ThreadId, WorkflowRun};
+use tandem_store::{Store, StoreError};
 use tandem_workflows::{Notifier, Registry, Signer};
 
 use crate::config::Config;
@@ -95,7 +97,7 @@ impl Notifier for Hub {
         // it (the commit of its last step, or the cancel).
         if run.status.is_finished() {
             self.metrics().run_finished(&run.name, run.status.as_str());
-            if run.name == tandem_router::reply::WORKFLOW
+            if run.name == REPLY_WORKFLOW
                 && let Some(outcome) = run
                     .result
                     .as_ref()

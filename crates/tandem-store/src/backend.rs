@@ -114,7 +114,7 @@ struct Inner {
     backend: Backend,
     /// Live tokens by secret hash, so authenticating a request usually costs
     /// no query.
-    token_cache: moka::sync::Cache<String, crate::Token>,
+    token_cache: moka::sync::Cache<String, tandem_model::Token>,
     /// This process's name on the database (PostgreSQL's
     /// `application_name`), unique per `Store`: change signals name the
     /// process that made the change.
@@ -287,7 +287,7 @@ impl Store {
         &self.inner.node
     }
 
-    pub(crate) fn token_cache(&self) -> &moka::sync::Cache<String, crate::Token> {
+    pub(crate) fn token_cache(&self) -> &moka::sync::Cache<String, tandem_model::Token> {
         &self.inner.token_cache
     }
 

@@ -6,14 +6,19 @@
 //! once and run on either connection type through the `on_conn!` and
 //! `on_pool!` macros.
 //!
-//! - [`model`]: the data model and its public names (threads, messages, tokens).
+//! The types it reads and writes are the domain's, in `tandem-model` (with
+//! its `sqlx` feature); what stays here is the store's own: its row structs,
+//! its inputs for writes only the store makes (idempotency keys, journal
+//! commits, run claims, events), tickets and signals.
+//!
 //! - [`backend`]: connecting, migrating, and the write path that every change
 //!   takes: a transaction on PostgreSQL, a group commit on SQLite.
 //! - [`queries`]: `impl Store` split by topic (threads, messages, tokens,
-//!   idempotency records, assignments and their history, inbox items and their resolutions, WebSocket
-//!   tickets, workflow runs and their journal, routing settings and
-//!   examples, LLM usage, server secrets, and the change signals server
-//!   processes send each other on PostgreSQL).
+//!   idempotency records, assignments and their history, inbox items and
+//!   their resolutions, WebSocket tickets, workflow runs and their journal,
+//!   routing settings (the policy, [`Store::policy`]) and examples, LLM
+//!   usage, server secrets, and the change signals server processes send
+//!   each other on PostgreSQL).
 //! - [`error`]: [`StoreError`], whose variants the server maps to HTTP.
 //! - `testing` (feature `test-support`, for test code): a fresh database per
 //!   test on the backend `TANDEM_TEST_DATABASE_URL` selects, shared by every
@@ -21,19 +26,13 @@
 
 pub mod backend;
 pub mod error;
-pub mod model;
 pub mod queries;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
 pub use backend::{DatabaseOptions, Store, Synchronous};
 pub use error::StoreError;
-pub use model::*;
-pub use queries::assignments::{AssignedBy, Assignment};
 pub use queries::idempotency::{IdempotencyKey, Written};
-pub use queries::inbox::{ASK_HUMAN_TOOL, DEADLINE_VERSION, DEADLINE_WORKFLOW};
-pub use queries::messages::PostedMessage;
-pub use queries::routing::POLICY_SETTING;
 pub use queries::signals::{SIGNAL_CHANNEL, SignalListener};
 pub use queries::tickets::WsTicket;
 pub use queries::workflows::{ClaimRequest, NewEvent, StepCommit, micros};

@@ -23,11 +23,12 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tandem_store::{
+use tandem_model::{
     Committed, EffectOutput, JournalEntry, JournalWrite, Lease, Message, NewAssignment, NewMessage,
-    OpenItem, OpenedItem, PostedReply, RunId, RunStatus, RunUpdate, SkipReason, StepCommit,
-    StepStatus, StoreEffect, StoreError, Thread, WorkflowEvent, WorkflowRun, micros,
+    OpenItem, OpenedItem, PostedReply, RunId, RunStatus, RunUpdate, SkipReason, StepStatus,
+    StoreEffect, Thread, WorkflowEvent, WorkflowRun,
 };
+use tandem_store::{StepCommit, StoreError, micros};
 use tokio::sync::{Mutex, watch};
 
 use crate::engine::Core;
@@ -462,12 +463,12 @@ impl Context {
 
     /// Passes an inbox item's deadline as the step `name`, exactly once: the
     /// expiry is recorded and the fallback applied (see
-    /// [`tandem_store::ExpiryAction`]) together with the journal entry.
+    /// [`tandem_model::ExpiryAction`]) together with the journal entry.
     pub async fn expire_item(
         &self,
         name: &str,
-        expire: tandem_store::ExpireItem,
-    ) -> Result<tandem_store::Expiry, StepError> {
+        expire: tandem_model::ExpireItem,
+    ) -> Result<tandem_model::Expiry, StepError> {
         let value = self
             .effect("expire_item", name, StoreEffect::ExpireItem(expire))
             .await?;
@@ -689,7 +690,7 @@ impl Context {
         name: &str,
         output: Option<Value>,
         started_at: DateTime<Utc>,
-        consumes: Option<tandem_store::EventId>,
+        consumes: Option<tandem_model::EventId>,
     ) {
         let write = JournalWrite {
             seq: seq as i64,

@@ -9,12 +9,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tandem_store::backend::BackendKind;
-use tandem_store::{
-    ClaimRequest, ClaimedRun, DeliveredEvent, EffectOutput, EventSource, IdempotencyKey,
-    JournalEntry, NewEvent, NewRun, RunId, Store, StoreError, WorkflowEvent, WorkflowRun, Written,
-    micros,
+use tandem_model::{
+    ClaimedRun, DeliveredEvent, EffectOutput, EventSource, JournalEntry, NewRun, RunId,
+    WorkflowEvent, WorkflowRun,
 };
+use tandem_store::backend::BackendKind;
+use tandem_store::{ClaimRequest, IdempotencyKey, NewEvent, Store, StoreError, Written, micros};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -325,7 +325,7 @@ impl Engine {
         core.notifier.run_changed(&written.value);
         match permit {
             Some(permit) => {
-                let lease = tandem_store::Lease {
+                let lease = tandem_model::Lease {
                     run_id: written.value.id,
                     owner: core.store.node().to_owned(),
                     generation: written.value.generation,
@@ -410,7 +410,7 @@ impl Engine {
                 };
                 core.spawn(claimed, permit, false);
             }
-            (None, _) if delivered.run.status == tandem_store::RunStatus::Running => {
+            (None, _) if delivered.run.status == tandem_model::RunStatus::Running => {
                 core.poke(&run.name);
             }
             _ => {}

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use serde_json::{Value, json};
-use tandem_store::{ClaimedRun, RunStatus, RunUpdate, micros};
+use tandem_model::{ClaimedRun, RunStatus, RunUpdate};
+use tandem_store::micros;
 use tokio::sync::{Mutex, OwnedSemaphorePermit};
 
 use crate::context::{Context, Halt, Shared, State, is_lease_lost};

@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tandem_store::WorkflowRun;
+use tandem_model::WorkflowRun;
 
 use crate::context::Context;
 use crate::error::StepError;

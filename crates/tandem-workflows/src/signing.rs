@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tandem_store::RunId;
+use tandem_model::RunId;
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -9,17 +9,17 @@ use serde::{Deserialize, Serialize};
 use tandem_llm::prompt::{self, PromptOptions};
 use tandem_llm::schema::response_format;
 use tandem_llm::{ChatMessage, ChatRequest, Completion, Delta, LlmError, Usage};
-use tandem_store::{
+use tandem_model::{
     InboxFilter, InboxItemId, InboxKind, InboxStatus, InboxStatuses, Message, MessageId, Part,
-    Responder, Role, StoreError, UsageRecord,
+    Policy, Responder, Role, UsageRecord,
 };
+use tandem_store::StoreError;
 use tandem_workflows::{ActionError, StepInfo};
 
 use super::{Replier, ReplyArgs};
 use crate::classifier::{self, Classification};
 use crate::decision::Decision;
 use crate::embeddings;
-use crate::policy::Policy;
 use crate::tools;
 
 /// How many of the newest messages a step reads to build a prompt; the
@@ -46,7 +46,7 @@ pub(crate) struct Snapshot {
     /// The thread's `metadata.priority`: with an item's kind, it picks the
     /// item's deadline.
     #[serde(default)]
-    pub priority: tandem_store::Priority,
+    pub priority: tandem_model::Priority,
 }
 
 /// The classifier's verdict.
@@ -86,8 +86,8 @@ pub(crate) fn store_failed(error: StoreError) -> ActionError {
 /// A message's text: its text parts, joined.
 pub(crate) fn text_of(message: &Message) -> String {
     match &message.content {
-        tandem_store::Content::Text(text) => text.clone(),
-        tandem_store::Content::Parts(parts) => parts
+        tandem_model::Content::Text(text) => text.clone(),
+        tandem_model::Content::Parts(parts) => parts
             .iter()
             .filter_map(|p| match p {
                 Part::Text { text } => Some(text.as_str()),
@@ -116,7 +116,7 @@ impl Replier {
         };
         let (thread, policy, history, open) = tokio::join!(
             store.get_thread(args.thread_id, None),
-            crate::load_policy(store),
+            store.policy(),
             store.prompt_history(args.thread_id, HISTORY_WINDOW),
             store.list_inbox(&open_items),
         );
@@ -140,7 +140,7 @@ impl Replier {
         *history_out.lock().unwrap_or_else(|e| e.into_inner()) = Some(history);
         Ok(Snapshot {
             policy,
-            with_humans: thread.assigned_to == tandem_store::AssignedTo::Human,
+            with_humans: thread.assigned_to == tandem_model::AssignedTo::Human,
             superseded,
             customer_text,
             open_item,

@@ -2,7 +2,7 @@
 //! a handoff, each with the thread's assignment where it changes.
 
 use tandem_llm::ToolCall;
-use tandem_store::{
+use tandem_model::{
     AssignedTo, InboxKind, NewAssignment, NewInboxItem, NewMessage, OpenItem, RunId,
 };
 

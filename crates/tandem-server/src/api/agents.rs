@@ -14,8 +14,8 @@ use axum::Json;
 use axum::extract::State;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tandem_model::{AgentSettings, DeskAgent, Presence};
 use tandem_store::queries::desk::{MAX_TEAM_CHARS, MAX_TEAMS};
-use tandem_store::{AgentSettings, DeskAgent, Presence};
 
 use crate::AppState;
 use crate::http::extract::ApiPath;
@@ -196,8 +196,5 @@ fn invalid(message: impl Into<String>) -> ApiError {
 }
 
 async fn default_capacity(state: &AppState) -> Result<u32, ApiError> {
-    Ok(tandem_router::load_policy(&state.store)
-        .await?
-        .desk
-        .default_capacity)
+    Ok(state.store.policy().await?.desk.default_capacity)
 }

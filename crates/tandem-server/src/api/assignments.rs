@@ -12,7 +12,7 @@ use axum::Json;
 use axum::extract::State;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tandem_store::{AssignedTo, Assignment, MessageId, NewAssignment, Thread, ThreadId};
+use tandem_model::{AssignedTo, Assignment, MessageId, NewAssignment, Thread, ThreadId};
 
 use super::threads::ThreadPath;
 use crate::AppState;

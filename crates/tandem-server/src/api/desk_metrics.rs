@@ -10,7 +10,7 @@ use axum::extract::State;
 use chrono::{DateTime, Duration, Utc};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use tandem_store::DeskMetrics;
+use tandem_model::DeskMetrics;
 
 use crate::AppState;
 use crate::http::{ApiError, ApiQuery, Principal};

@@ -22,7 +22,7 @@ use chrono::Utc;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tandem_store::{EventId, EventSource, RunId, RunStatus};
+use tandem_model::{EventId, EventSource, RunId, RunStatus};
 use tandem_workflows::SignatureError;
 use tandem_workflows::signing::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
 

@@ -18,7 +18,7 @@ use axum::Json;
 use axum::extract::State;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tandem_store::{
+use tandem_model::{
     ExpiryRecord, InboxActor, InboxFilter, InboxItem, InboxItemId, InboxKind, InboxStatus,
     InboxStatuses, InboxView, Message, Release, Resolved, ThreadId,
 };
@@ -182,10 +182,7 @@ async fn expiries(
 
 /// How many of its thread's messages an item carries (the policy's).
 async fn item_history(state: &AppState) -> Result<u32, ApiError> {
-    Ok(tandem_router::load_policy(&state.store)
-        .await?
-        .desk
-        .item_history)
+    Ok(state.store.policy().await?.desk.item_history)
 }
 
 /// Claims an item for the caller: one agent at a time. Claiming an item

@@ -9,7 +9,7 @@ use axum::extract::State;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tandem_store::{
+use tandem_model::{
     Author, Content, Message, MessageFilter, MessageId, MessageStatus, Role, Visibility,
 };
 

@@ -8,8 +8,8 @@ use axum::Json;
 use axum::extract::State;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tandem_router::{POLICY_SETTING, Policy};
-use tandem_store::{NewRoutingExample, Responder, RoutingExample, ThreadUsage};
+use tandem_model::names::POLICY_SETTING;
+use tandem_model::{NewRoutingExample, Policy, Responder, RoutingExample, ThreadUsage};
 
 use super::threads::ThreadPath;
 use crate::AppState;
@@ -52,7 +52,7 @@ async fn get_policy(
     principal: Principal,
 ) -> Result<Json<Policy>, ApiError> {
     staff_only(&principal)?;
-    Ok(Json(tandem_router::load_policy(&state.store).await?))
+    Ok(Json(state.store.policy().await?))
 }
 
 /// Replaces the policy; fields left out take their defaults. Runs already
@@ -132,7 +132,7 @@ pub struct ExampleList {
 /// An example without its vector (hundreds of numbers nobody reads).
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ExampleSummary {
-    pub id: tandem_store::RoutingExampleId,
+    pub id: tandem_model::RoutingExampleId,
     pub text: String,
     pub label: Responder,
     /// The model whose embedding is stored; none until computed.

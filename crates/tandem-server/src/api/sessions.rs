@@ -21,7 +21,7 @@ use hmac::{Hmac, Mac};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use tandem_store::{TokenSubject, WidgetKey};
+use tandem_model::{TokenSubject, WidgetKey};
 
 use crate::AppState;
 use crate::accounts;

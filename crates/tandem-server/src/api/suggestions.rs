@@ -21,9 +21,11 @@ use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, json};
+use tandem_model::metadata::{PROVIDER, PROVIDER_METADATA, SUGGESTION};
+use tandem_model::{Content, Message, MessageId, Role, ThreadId};
 use tandem_router::copilot::{self, MAX_INSTRUCTIONS_CHARS};
 use tandem_router::{Copilot, CopilotError, SuggestionRequest};
-use tandem_store::{Content, Message, MessageId, Role, StoreError, ThreadId};
+use tandem_store::StoreError;
 
 use super::messages::{PostMessage, rules};
 use super::threads::ThreadPath;
@@ -255,8 +257,8 @@ async fn send(
     if matches!(principal, Principal::Admin { .. }) {
         // What an agent's reply carries, for the agent the admin names.
         let name = request.agent_name.clone().unwrap_or_default();
-        metadata.insert("provider".into(), json!("human"));
-        metadata.insert("providerMetadata".into(), json!({"human": {"name": name}}));
+        metadata.insert(PROVIDER.into(), json!("human"));
+        metadata.insert(PROVIDER_METADATA.into(), json!({"human": {"name": name}}));
     }
     let post = PostMessage {
         role: Some(Role::Assistant),
@@ -270,7 +272,7 @@ async fn send(
     };
     let mut new = rules::new_message(&principal, id, post, &state.config.limits)?;
     // Reserved: only this route marks a reply as a sent suggestion.
-    new.metadata[copilot::SUGGESTION] = json!({"id": suggestion.id, "edited": edited});
+    new.metadata[SUGGESTION] = json!({"id": suggestion.id, "edited": edited});
     let (store, hub) = (state.store.clone(), state.hub.clone());
     // As in `POST /messages`: the commit and its publication finish
     // together even if the client hangs up half-way.

@@ -7,7 +7,7 @@ use axum::extract::State;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tandem_store::{
+use tandem_model::{
     AssignedTo, NewThread, Thread, ThreadFilter, ThreadId, ThreadPatch, ThreadStatus,
 };
 

@@ -8,7 +8,7 @@ use axum::extract::State;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tandem_store::{EventSource, RunId, WorkflowEvent, WorkflowRun};
+use tandem_model::{EventSource, RunId, WorkflowEvent, WorkflowRun};
 use tandem_workflows::RunState;
 
 use crate::AppState;

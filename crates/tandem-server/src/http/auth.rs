@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
-use tandem_store::{Token, TokenId, TokenKind};
+use tandem_model::{Token, TokenId, TokenKind};
 
 use super::ApiError;
 use super::origin::Origin;

@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
-use tandem_store::{DeskMetrics, DurationFigures};
+use tandem_model::{DeskMetrics, DurationFigures};
 
 use crate::AppState;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
-use tandem_store::TokenId;
+use tandem_model::TokenId;
 
 use super::Principal;
 use crate::config::{Quota, RateLimitConfig};

@@ -11,7 +11,7 @@ use std::mem;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_store::{Message, ThreadId};
+use tandem_model::{Message, ThreadId};
 
 use super::thread_feed::{EncodedMessage, FeedState, ThreadFeed};
 use super::{Hub, lock};

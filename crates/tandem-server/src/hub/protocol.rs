@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tandem_store::{InboxView, Message, MessageId, RunId, Thread, ThreadId, WorkflowRun};
+use tandem_model::{InboxView, Message, MessageId, RunId, Thread, ThreadId, WorkflowRun};
 
 /// Close codes the server uses beyond the standard ones.
 pub mod close {

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tandem_store::ThreadId;
+use tandem_model::ThreadId;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -46,7 +46,7 @@ pub(super) struct Signal {
 /// Streamed AI text, for the subscribers of other processes.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct DeltaSignal {
-    pub message_id: tandem_store::MessageId,
+    pub message_id: tandem_model::MessageId,
     pub text: String,
     #[serde(default)]
     pub reset: bool,
@@ -139,7 +139,7 @@ impl Hub {
                 if lock(&self.inner.inbox).subscribers.is_empty() {
                     return;
                 }
-                let id = tandem_store::InboxItemId(signal.id);
+                let id = tandem_model::InboxItemId(signal.id);
                 match self.inner.store.get_inbox_item(id).await {
                     Ok(Some(item)) => self.publish_inbox(&item),
                     Ok(None) => {}
@@ -152,7 +152,7 @@ impl Hub {
                 if let Some(wake) = waker {
                     wake();
                 }
-                let run_id = tandem_store::RunId(signal.id);
+                let run_id = tandem_model::RunId(signal.id);
                 if self.watches_run(run_id) {
                     self.reread_run(run_id).await;
                 }
@@ -205,7 +205,7 @@ impl Hub {
     }
 
     /// Reads a subscribed run and sends it if it changed.
-    async fn reread_run(&self, run_id: tandem_store::RunId) {
+    async fn reread_run(&self, run_id: tandem_model::RunId) {
         match self.inner.store.get_run(run_id).await {
             Ok(Some(run)) => self.publish_workflow_if_changed(&run),
             Ok(None) => {}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
-use tandem_store::{MessageFilter, ThreadId};
+use tandem_model::{MessageFilter, ThreadId};
 
 use super::outbox::{Closed, Outbox};
 use super::protocol::{FrameError, ServerFrame, Topic, Typist};

@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
-use tandem_store::{Message, MessageStatus, ThreadId, Visibility};
+use tandem_model::{Message, MessageStatus, ThreadId, Visibility};
 
 use super::ConnId;
 use super::outbox::Outbox;

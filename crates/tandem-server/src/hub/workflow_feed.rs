@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use chrono::{DateTime, Utc};
-use tandem_store::{RunId, WorkflowRun};
+use tandem_model::{RunId, WorkflowRun};
 
 use super::outbox::Outbox;
 use super::protocol::{FrameError, ServerFrame, Topic};

@@ -2,34 +2,14 @@
 //! `reply` runs a human takeover must stop.
 
 use chrono::{DateTime, Utc};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use tandem_model::names::REPLY_WORKFLOW;
+use tandem_model::{
+    AssignedBy, AssignedTo, Assignment, AssignmentId, NewAssignment, RunId, Thread, ThreadId,
+};
 
 use super::workflows::assign_in;
 use crate::backend::{Pool, job, on_pool};
-use crate::{AssignedTo, AssignmentId, NewAssignment, RunId, Store, StoreError, Thread, ThreadId};
-
-/// Who made an assignment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct AssignedBy {
-    /// `admin`, `human`, `ai`, `system` or `workflow`.
-    pub kind: String,
-    pub id: Option<String>,
-}
-
-/// One change of a thread's assignment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct Assignment {
-    pub id: AssignmentId,
-    pub thread_id: ThreadId,
-    pub assigned_to: AssignedTo,
-    /// The human agent, when assigned to one.
-    pub assignee: Option<String>,
-    pub team: Option<String>,
-    pub reason: Option<String>,
-    pub by: AssignedBy,
-    pub created_at: DateTime<Utc>,
-}
+use crate::{Store, StoreError};
 
 #[derive(sqlx::FromRow)]
 struct AssignmentRow {
@@ -112,10 +92,11 @@ impl Store {
             Pool::Postgres(p) => {
                 sqlx::query_scalar(
                     "SELECT id FROM workflow_runs
-                     WHERE name = 'reply' AND status IN ('running', 'waiting', 'paused')
-                       AND args->>'thread_id' = $1
+                     WHERE name = $1 AND status IN ('running', 'waiting', 'paused')
+                       AND args->>'thread_id' = $2
                      ORDER BY id",
                 )
+                .bind(REPLY_WORKFLOW)
                 .bind(&thread)
                 .fetch_all(p)
                 .await?
@@ -123,10 +104,11 @@ impl Store {
             Pool::Sqlite(p) => {
                 sqlx::query_scalar(
                     "SELECT id FROM workflow_runs
-                     WHERE name = 'reply' AND status IN ('running', 'waiting', 'paused')
-                       AND json_extract(args, '$.thread_id') = $1
+                     WHERE name = $1 AND status IN ('running', 'waiting', 'paused')
+                       AND json_extract(args, '$.thread_id') = $2
                      ORDER BY id",
                 )
+                .bind(REPLY_WORKFLOW)
                 .bind(&thread)
                 .fetch_all(p)
                 .await?

@@ -11,16 +11,17 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+use tandem_model::{
+    AgentSettings, AssignedTo, AssignmentMode, DeskAgent, EffectOutput, EventSource, ExpireItem,
+    Expiry, ExpiryAction, ExpiryOutcome, ExpiryRecord, InboxItem, InboxKind, InboxStatus,
+    NewAssignment, Presence, PresenceChange, RunStatus,
+};
 
 use super::inbox::{inbox_columns, lock_item, publish_draft_in};
 use super::messages::insert_message;
 use super::workflows::{NewEvent, assign_in, create_run_in, deliver_in, lock_run};
 use crate::backend::{Tx, job, on_conn, on_pool};
-use crate::{
-    AgentSettings, AssignedTo, AssignmentMode, DeskAgent, EffectOutput, EventSource, ExpireItem,
-    Expiry, ExpiryAction, ExpiryOutcome, ExpiryRecord, InboxItem, InboxKind, InboxStatus,
-    NewAssignment, Presence, PresenceChange, RunStatus, Store, StoreError,
-};
+use crate::{Store, StoreError};
 
 /// The advisory lock assignment passes take on PostgreSQL.
 const ASSIGNMENT_LOCK: i64 = 0x0074_616e_6465_6d01;
@@ -242,7 +243,7 @@ impl Store {
                 if desk.agents.iter().all(|a| a.load >= a.capacity) {
                     return Ok(Vec::new());
                 }
-                let waiting: Vec<(crate::InboxItemId, Option<String>)> =
+                let waiting: Vec<(tandem_model::InboxItemId, Option<String>)> =
                     on_conn!(tx, c => sqlx::query_as(
                         "SELECT id, team FROM inbox_items WHERE status = 'open'
                          ORDER BY created_at, id LIMIT $1",
@@ -275,7 +276,7 @@ impl Store {
     /// The expiries recorded for an item, oldest first.
     pub async fn item_expiries(
         &self,
-        item_id: crate::InboxItemId,
+        item_id: tandem_model::InboxItemId,
     ) -> Result<Vec<ExpiryRecord>, StoreError> {
         type Row = (
             DateTime<Utc>,
@@ -350,7 +351,7 @@ async fn release_held_by(
 /// Claims a still-open item for `agent`; none if it is not open any more.
 async fn claim_for(
     tx: &mut Tx<'_>,
-    id: crate::InboxItemId,
+    id: tandem_model::InboxItemId,
     agent: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<InboxItem>, StoreError> {
@@ -494,7 +495,7 @@ impl Desk {
     }
 }
 
-/// Passes an item's deadline (the [`crate::StoreEffect::ExpireItem`]
+/// Passes an item's deadline (the [`tandem_model::StoreEffect::ExpireItem`]
 /// effect): records the expiry once per item and deadline, and applies the
 /// fallback, in the journal's transaction.
 pub(crate) async fn expire_item_in(

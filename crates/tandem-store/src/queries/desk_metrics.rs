@@ -8,13 +8,13 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
+use tandem_model::{
+    AgentFigures, DeskFigures, DeskMetrics, DurationFigures, InboxItemId, InboxStatus,
+};
 use uuid::Uuid;
 
 use crate::backend::on_pool;
-use crate::{
-    AgentFigures, DeskFigures, DeskMetrics, DurationFigures, InboxItemId, InboxStatus, Store,
-    StoreError,
-};
+use crate::{Store, StoreError};
 
 /// How much older than its row's `created_at` an item's id may be: ids are
 /// UUID v7, taken just before the item is written (a queued SQLite write

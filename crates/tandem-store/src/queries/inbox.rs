@@ -8,16 +8,19 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+use tandem_model::metadata::{APPROVAL, PROVIDER, PROVIDER_METADATA};
+use tandem_model::names::{ASK_HUMAN_TOOL, DEADLINE_VERSION, DEADLINE_WORKFLOW};
+use tandem_model::{
+    AssignedTo, Author, AuthorKind, Content, EventSource, InboxActor, InboxFilter, InboxItem,
+    InboxItemId, InboxKind, InboxResolution, InboxStatus, InboxStatuses, InboxView, Message,
+    MessageId, MessageStatus, NewAssignment, NewInboxItem, NewMessage, NewRun, Part, Release,
+    Resolved, Role, RunId, RunStatus, Thread, ThreadId, Visibility, WorkflowRun,
+};
 
 use super::messages::{insert_message, settle_draft_in};
 use super::workflows::{NewEvent, assign_in, create_run_in, deliver_in, lock_run};
 use crate::backend::{Tx, job, on_conn, on_pool};
-use crate::{
-    AssignedTo, Author, AuthorKind, Content, EventSource, InboxActor, InboxFilter, InboxItem,
-    InboxItemId, InboxKind, InboxResolution, InboxStatus, InboxStatuses, InboxView, Message,
-    MessageId, MessageStatus, NewAssignment, NewInboxItem, NewMessage, NewRun, Part, Release,
-    Resolved, Role, RunId, RunStatus, Store, StoreError, Thread, ThreadId, Visibility, WorkflowRun,
-};
+use crate::{Store, StoreError};
 
 /// The columns an inbox item is read from, as a literal for `concat!`.
 macro_rules! inbox_columns {
@@ -30,15 +33,6 @@ macro_rules! inbox_columns {
 }
 
 pub(crate) use inbox_columns;
-
-/// The workflow that carries an item's deadline: one run per item with a
-/// deadline, created with the item and due when the deadline passes.
-pub const DEADLINE_WORKFLOW: &str = "inbox-deadline";
-/// The version of [`DEADLINE_WORKFLOW`] runs are created at.
-pub const DEADLINE_VERSION: &str = "1";
-
-/// The name of the tool whose calls `question` items answer.
-pub const ASK_HUMAN_TOOL: &str = "ask_human";
 
 /// Where items without a `due_at` sort: after every real deadline
 /// (9999-12-31T23:59:59Z, the latest time both backends store).
@@ -665,8 +659,8 @@ fn human_message(
         visibility,
         status: MessageStatus::Published,
         metadata: json!({
-            "provider": "human",
-            "providerMetadata": {"human": {"name": by}},
+            PROVIDER: "human",
+            PROVIDER_METADATA: {"human": {"name": by}},
         }),
         reply_to: item.message_id,
         customer_scope: None,
@@ -681,7 +675,7 @@ pub(crate) async fn publish_draft_in(
     item: &InboxItem,
     edited: Option<String>,
     approval: Value,
-) -> Result<(crate::Message, crate::PostedMessage), StoreError> {
+) -> Result<(tandem_model::Message, tandem_model::PostedMessage), StoreError> {
     let draft = settle_draft(tx, item, MessageStatus::Approved).await?;
     let mut metadata = match draft.metadata.clone() {
         Value::Object(map) => map,
@@ -692,7 +686,7 @@ pub(crate) async fn publish_draft_in(
         _ => serde_json::Map::new(),
     };
     approval.insert("draft_id".into(), json!(draft.id));
-    metadata.insert("approval".into(), Value::Object(approval));
+    metadata.insert(APPROVAL.into(), Value::Object(approval));
     let reply = NewMessage {
         id: None,
         thread_id: item.thread_id,
@@ -821,7 +815,7 @@ async fn settle_draft(
     tx: &mut Tx<'_>,
     item: &InboxItem,
     status: MessageStatus,
-) -> Result<crate::Message, StoreError> {
+) -> Result<tandem_model::Message, StoreError> {
     let draft_id = item.message_id.ok_or_else(|| {
         StoreError::invalid(
             "no_draft",

@@ -1,17 +1,17 @@
 //! Messages: post and page.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::types::Json;
+use tandem_model::{
+    Author, AuthorKind, Content, InboxItem, Message, MessageFilter, MessageId, MessageStatus,
+    NewMessage, Part, PostedMessage, Role, Thread, ThreadId, ThreadStatus, Visibility,
+};
 
 use super::idempotency::{IdempotencyKey, Written};
 use super::inbox::inbox_columns;
 use crate::backend::{Pool, Tx, job, on_conn, on_pool};
-use crate::{
-    Author, AuthorKind, Content, InboxItem, Message, MessageFilter, MessageId, MessageStatus,
-    NewMessage, Part, Role, Store, StoreError, Thread, ThreadId, ThreadStatus, Visibility,
-};
+use crate::{Store, StoreError};
 
 /// The columns a message row is read from, as a literal for `concat!`.
 macro_rules! message_columns {
@@ -58,22 +58,6 @@ impl From<MessageRow> for Message {
             created_at: row.created_at,
         }
     }
-}
-
-/// A stored message, and the thread when this message reopened it (a
-/// customer writing into a closed thread), for the hub to announce.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PostedMessage {
-    #[serde(flatten)]
-    pub message: Message,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reopened: Option<Thread>,
-    /// The inbox items of the thread this message changed: a human agent's
-    /// public reply is the first response to every pending item, and
-    /// resolves its handoffs and escalations. Not kept in an idempotency
-    /// record (`skip`), so a replayed POST pushes no stale item.
-    #[serde(skip)]
-    pub items: Vec<InboxItem>,
 }
 
 impl Store {

@@ -1,15 +1,15 @@
-//! What the router reads: settings (the routing policy is `policy`) and
-//! labelled examples with their embeddings.
+//! What the router reads: settings (the routing policy is the setting
+//! [`POLICY_SETTING`], read with [`Store::policy`]) and labelled examples
+//! with their embeddings.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
+use tandem_model::names::POLICY_SETTING;
+use tandem_model::{NewRoutingExample, Policy, Responder, RoutingExample, RoutingExampleId};
 
 use crate::backend::{job, on_conn, on_pool};
-use crate::{NewRoutingExample, Responder, RoutingExample, RoutingExampleId, Store, StoreError};
-
-/// The setting that holds the routing policy.
-pub const POLICY_SETTING: &str = "policy";
+use crate::{Store, StoreError};
 
 #[derive(sqlx::FromRow)]
 struct ExampleRow {
@@ -75,6 +75,20 @@ impl Store {
         .fetch_optional(p)
         .await)?;
         Ok(value.map(|v| v.0))
+    }
+
+    /// The routing policy in force: the stored one, or the default when
+    /// none was ever set. A stored document that no longer parses (written
+    /// by a newer version, say) is reported and replaced by the default
+    /// rather than stopping every reply.
+    pub async fn policy(&self) -> Result<Policy, StoreError> {
+        let Some(value) = self.get_setting(POLICY_SETTING).await? else {
+            return Ok(Policy::default());
+        };
+        Ok(serde_json::from_value(value).unwrap_or_else(|error| {
+            tracing::error!(%error, "router: the stored policy does not parse; using the default");
+            Policy::default()
+        }))
     }
 
     /// Sets (or replaces) the setting called `name`.

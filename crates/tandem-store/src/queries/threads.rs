@@ -2,13 +2,13 @@
 
 use serde_json::Value;
 use sqlx::types::Json;
+use tandem_model::{
+    AssignedTo, NewThread, Thread, ThreadFilter, ThreadId, ThreadPatch, ThreadStatus,
+};
 
 use super::idempotency::{IdempotencyKey, Written};
 use crate::backend::{Pool, job, on_conn, on_pool};
-use crate::{
-    AssignedTo, NewThread, Store, StoreError, Thread, ThreadFilter, ThreadId, ThreadPatch,
-    ThreadStatus,
-};
+use crate::{Store, StoreError};
 
 /// The columns a [`Thread`] is read from, as a literal for `concat!`, so
 /// every query's SQL is a constant.

@@ -7,10 +7,11 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
+use tandem_model::{Token, TokenId};
 
 use super::tokens::hash_secret;
 use crate::backend::{job, on_conn, on_pool};
-use crate::{Store, StoreError, Token, TokenId};
+use crate::{Store, StoreError};
 
 /// Every ticket starts with this.
 const TICKET_PREFIX: &str = "wst_";

@@ -7,9 +7,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use tandem_model::{MintedToken, Token, TokenId, TokenKind, TokenSubject};
 
 use crate::backend::{Tx, job, on_conn, on_pool};
-use crate::{MintedToken, Store, StoreError, Token, TokenId, TokenKind, TokenSubject};
+use crate::{Store, StoreError};
 
 /// Every secret starts with this, so a leaked one is easy to recognise.
 const SECRET_PREFIX: &str = "tdm_";

@@ -1,7 +1,9 @@
 //! Tokens spent on the LLM, per call and per thread.
 
+use tandem_model::{ModelUsage, ThreadId, ThreadUsage, UsageRecord};
+
 use crate::backend::{job, on_conn, on_pool};
-use crate::{ModelUsage, Store, StoreError, ThreadId, ThreadUsage, UsageRecord};
+use crate::{Store, StoreError};
 
 impl Store {
     /// Records one model call, once per step of its run: recording the

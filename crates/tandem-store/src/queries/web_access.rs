@@ -5,9 +5,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use sqlx::types::Json;
+use tandem_model::{AgentAccount, NewWidgetKey, WidgetKey};
 
 use crate::backend::{job, on_conn, on_pool};
-use crate::{AgentAccount, NewWidgetKey, Store, StoreError, WidgetKey};
+use crate::{Store, StoreError};
 
 /// Every widget key starts with this.
 const WIDGET_KEY_PREFIX: &str = "wk_";

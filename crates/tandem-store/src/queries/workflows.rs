@@ -27,7 +27,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use crate::{RunId, RunStatus, WorkflowRun};
+use tandem_model::{RunId, RunStatus, WorkflowRun};
 
 /// The columns a run is read from, as a literal for `concat!`.
 macro_rules! run_columns {

@@ -9,12 +9,14 @@ mod support;
 use chrono::{Duration, Utc};
 use serde_json::{Value, json};
 use support::{TestStore, ai_reply, assert_conflict};
-use tandem_store::{
+use tandem_model::names::ASK_HUMAN_TOOL;
+use tandem_model::{
     AssignedTo, Content, EffectOutput, InboxFilter, InboxKind, InboxResolution, InboxStatus,
     InboxStatuses, MessageFilter, MessageId, MessageStatus, NewAssignment, NewInboxItem,
     NewMessage, NewRoutingExample, OpenItem, Part, Responder, Role, RunStatus, SkipReason,
-    StoreEffect, StoreError, ThreadId, UsageRecord, Visibility, micros,
+    StoreEffect, ThreadId, UsageRecord, Visibility,
 };
+use tandem_store::{StoreError, micros};
 
 fn all_messages() -> MessageFilter {
     MessageFilter {
@@ -43,7 +45,7 @@ fn item(kind: InboxKind, thread: ThreadId) -> NewInboxItem {
         due_at: None,
         due_in: None,
         team: None,
-        priority: tandem_store::Priority::Normal,
+        priority: tandem_model::Priority::Normal,
         run_id: None,
     }
 }
@@ -358,7 +360,7 @@ async fn an_escalation_opens_its_item_and_hands_the_thread_to_humans_in_one_step
     assert_eq!(stored.assigned_to, AssignedTo::Human);
     // The journal holds what a replay returns: the opened item.
     let journal = t.store.journal(run.lease.run_id).await.expect("journal");
-    let opened: tandem_store::OpenedItem =
+    let opened: tandem_model::OpenedItem =
         serde_json::from_value(journal[0].output.clone().expect("output")).expect("decode");
     assert_eq!(opened.item, item);
     assert_eq!(opened.thread, Some(assigned));
@@ -405,13 +407,13 @@ async fn an_item_whose_parts_name_other_threads_is_refused_whole() {
 
 /// A run asks a human (an `ask_human` tool call and a `question` item),
 /// then waits for the item's event.
-async fn ask(t: &TestStore, thread: ThreadId) -> (support::Executor, tandem_store::InboxItem) {
+async fn ask(t: &TestStore, thread: ThreadId) -> (support::Executor, tandem_model::InboxItem) {
     let run = t.run().await;
     let call = NewMessage {
         visibility: Visibility::Internal,
         content: Content::Parts(vec![Part::ToolCall {
             id: "call_1".into(),
-            name: "ask_human".into(),
+            name: ASK_HUMAN_TOOL.into(),
             arguments: json!({"question": "May I refund order 7?"}),
         }]),
         ..ai_reply(thread, "")
@@ -558,7 +560,7 @@ async fn resolutions_refuse_unknown_items_and_items_of_another_kind() {
     let t = TestStore::fresh().await;
     let thread = t.thread().await;
     let (_run, question) = ask(&t, thread.id).await;
-    let missing = tandem_store::InboxItemId::new();
+    let missing = tandem_model::InboxItemId::new();
     assert!(matches!(
         t.store
             .answer_question(missing, "x".into(), "alice", now())
@@ -591,7 +593,7 @@ async fn resolutions_refuse_unknown_items_and_items_of_another_kind() {
 async fn drafted(
     t: &TestStore,
     text: &str,
-) -> (ThreadId, support::Executor, tandem_store::InboxItem) {
+) -> (ThreadId, support::Executor, tandem_model::InboxItem) {
     let thread = t.thread().await;
     let seq = t.customer_says(thread.id, "Can I return shoes?").await;
     let asked = t
@@ -829,7 +831,7 @@ async fn the_inbox_lists_the_most_urgent_first_and_pages_by_cursor() {
         .expect("resolve");
 
     let ids =
-        |items: Vec<tandem_store::InboxItem>| items.into_iter().map(|i| i.id).collect::<Vec<_>>();
+        |items: Vec<tandem_model::InboxItem>| items.into_iter().map(|i| i.id).collect::<Vec<_>>();
     let pending = t
         .store
         .list_inbox(&InboxFilter::default())
@@ -956,14 +958,14 @@ async fn settings_are_put_and_got() {
     let t = TestStore::fresh().await;
     assert_eq!(
         t.store
-            .get_setting(tandem_store::POLICY_SETTING)
+            .get_setting(tandem_model::names::POLICY_SETTING)
             .await
             .expect("get"),
         None
     );
     let policy = json!({"order": ["assignment", "classifier", "embeddings"], "threshold": 0.7});
     t.store
-        .put_setting(tandem_store::POLICY_SETTING, policy.clone())
+        .put_setting(tandem_model::names::POLICY_SETTING, policy.clone())
         .await
         .expect("put");
     assert_eq!(
@@ -1053,7 +1055,7 @@ async fn routing_examples_keep_their_vectors_bit_for_bit() {
     );
     assert!(matches!(
         t.store
-            .set_example_vector(tandem_store::RoutingExampleId::new(), vec![1.0], "m")
+            .set_example_vector(tandem_model::RoutingExampleId::new(), vec![1.0], "m")
             .await,
         Err(StoreError::NotFound("routing example"))
     ));
@@ -1116,6 +1118,6 @@ async fn usage_is_recorded_once_per_step_and_summed_per_thread() {
         ]
     );
     let none = t.store.thread_usage(ThreadId::new()).await.expect("usage");
-    assert_eq!(none, tandem_store::ThreadUsage::default());
+    assert_eq!(none, tandem_model::ThreadUsage::default());
     t.finish().await;
 }

@@ -3,12 +3,12 @@
 
 use chrono::Utc;
 use serde_json::json;
-use tandem_store::testing::TestDatabase;
-use tandem_store::{
+use tandem_model::{
     Author, AuthorKind, Content, JournalWrite, Lease, MessageStatus, NewMessage, NewRun, NewThread,
-    Role, StepCommit, StepStatus, Store, StoreEffect, StoreError, Thread, ThreadId, Visibility,
-    micros,
+    Role, StepStatus, StoreEffect, Thread, ThreadId, Visibility,
 };
+use tandem_store::testing::TestDatabase;
+use tandem_store::{StepCommit, Store, StoreError, micros};
 
 pub struct TestStore {
     pub store: Store,
@@ -106,24 +106,24 @@ impl Executor {
         seq: i64,
         kind: &str,
         effect: StoreEffect,
-    ) -> Result<tandem_store::Committed, StoreError> {
+    ) -> Result<tandem_model::Committed, StoreError> {
         self.commit(
             vec![entry(seq, kind, StepStatus::Completed)],
             Some(effect),
-            tandem_store::RunUpdate::Continue,
+            tandem_model::RunUpdate::Continue,
         )
         .await
     }
 
     /// Journals a pending wait for `event` at step `seq` and suspends.
-    pub async fn wait_for(&self, seq: i64, event: &str) -> tandem_store::Committed {
+    pub async fn wait_for(&self, seq: i64, event: &str) -> tandem_model::Committed {
         let mut wait = entry(seq, "wait_event", StepStatus::Pending);
         wait.name = event.to_owned();
         wait.finished_at = None;
         self.commit(
             vec![wait],
             None,
-            tandem_store::RunUpdate::Suspend {
+            tandem_model::RunUpdate::Suspend {
                 ready_at: None,
                 waiting_for: Some(event.to_owned()),
             },
@@ -136,8 +136,8 @@ impl Executor {
         &self,
         writes: Vec<JournalWrite>,
         effect: Option<StoreEffect>,
-        update: tandem_store::RunUpdate,
-    ) -> Result<tandem_store::Committed, StoreError> {
+        update: tandem_model::RunUpdate,
+    ) -> Result<tandem_model::Committed, StoreError> {
         let now = micros(Utc::now());
         self.store
             .commit_steps(StepCommit {

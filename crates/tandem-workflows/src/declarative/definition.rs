@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use tandem_store::{AssignedTo, Visibility};
+use tandem_model::{AssignedTo, Visibility};
 
 use super::template::{Reference, Root, Template, strings_in};
 use crate::retry::RetryPolicy;

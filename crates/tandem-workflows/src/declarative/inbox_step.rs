@@ -11,11 +11,13 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use tandem_store::{
-    ASK_HUMAN_TOOL, Author, AuthorKind, Content, InboxItemId, InboxKind, MessageStatus,
-    NewInboxItem, NewMessage, OpenItem, OpenedItem, Part, Role, RunId, Store, StoreError, ThreadId,
-    Visibility,
+use tandem_model::metadata::{PROVIDER, PROVIDER_METADATA};
+use tandem_model::names::ASK_HUMAN_TOOL;
+use tandem_model::{
+    Author, AuthorKind, Content, InboxItemId, InboxKind, MessageStatus, NewInboxItem, NewMessage,
+    OpenItem, OpenedItem, Part, Role, RunId, ThreadId, Visibility,
 };
+use tandem_store::{Store, StoreError};
 
 use crate::error::ActionError;
 
@@ -47,8 +49,8 @@ impl Origin<'_> {
             // As `post_message` marks an AI agent's messages: the provider
             // is the workflow.
             metadata: json!({
-                "provider": "workflow",
-                "providerMetadata": {"workflow": self.workflow},
+                PROVIDER: "workflow",
+                PROVIDER_METADATA: {"workflow": self.workflow},
             }),
             reply_to: None,
             customer_scope: None,
@@ -68,7 +70,7 @@ impl Origin<'_> {
             due_at: self.due_at,
             due_in: None,
             team: None,
-            priority: tandem_store::Priority::Normal,
+            priority: tandem_model::Priority::Normal,
             run_id: Some(self.run_id),
         }
     }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tandem_store::{
+use tandem_model::metadata::{PROVIDER, PROVIDER_METADATA};
+use tandem_model::{
     Author, AuthorKind, Content, MessageStatus, NewAssignment, NewMessage, Role, ThreadId,
 };
 
@@ -321,13 +322,13 @@ impl<'a> Walk<'a> {
         let (kind, metadata) = match post.author {
             Speaker::Ai => (
                 AuthorKind::Ai,
-                json!({"provider": "workflow", "providerMetadata": {"workflow": workflow}}),
+                json!({PROVIDER: "workflow", PROVIDER_METADATA: {"workflow": workflow}}),
             ),
             Speaker::Human => (
                 AuthorKind::Human,
                 json!({
-                    "provider": "human",
-                    "providerMetadata": {"human": {"name": agent}, "workflow": workflow},
+                    PROVIDER: "human",
+                    PROVIDER_METADATA: {"human": {"name": agent}, "workflow": workflow},
                 }),
             ),
         };
@@ -517,7 +518,7 @@ impl<'a> Walk<'a> {
     async fn wait_for_person(
         &mut self,
         id: &str,
-        opened: &tandem_store::OpenedItem,
+        opened: &tandem_model::OpenedItem,
         timeout_secs: Option<u64>,
         on_timeout: bool,
     ) -> Result<Option<Value>, StepError> {

@@ -10,7 +10,8 @@
 use serde_json::{Map, Value, json};
 use tandem_llm::prompt::{self, PromptOptions};
 use tandem_llm::{ChatMessage, ChatRequest, Llm, LlmError, ResponseFormat};
-use tandem_store::{Store, StoreError, ThreadId, UsageRecord};
+use tandem_model::{ThreadId, UsageRecord};
+use tandem_store::{Store, StoreError};
 
 use crate::context::StepInfo;
 use crate::error::ActionError;

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tandem_llm::{Llm, LlmConfig};
-use tandem_scripted_llm::{RecordedRequest, Reply, ScriptedLlm};
-use tandem_store::{
+use tandem_model::{
     AssignedTo, Author, AuthorKind, Content, InboxItem, InboxKind, InboxStatus, Message,
     MessageStatus, NewMessage, Part, Role, RunId, RunStatus, StepStatus, ThreadId, Visibility,
-    micros,
 };
+use tandem_scripted_llm::{RecordedRequest, Reply, ScriptedLlm};
+use tandem_store::micros;
 use tandem_workflows::declarative::{DefinitionError, Services};
 use tandem_workflows::{Clock, Registry, load_definitions};
 
@@ -103,7 +103,7 @@ impl Harness {
         micros(self.clock.now())
     }
 
-    async fn message(&self, thread: ThreadId, id: Option<tandem_store::MessageId>) -> Message {
+    async fn message(&self, thread: ThreadId, id: Option<tandem_model::MessageId>) -> Message {
         let id = id.expect("a message id");
         self.messages(thread, false)
             .await

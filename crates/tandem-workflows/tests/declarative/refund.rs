@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::Utc;
 use serde_json::{Value, json};
-use tandem_store::{
+use tandem_model::{
     AssignedTo, AuthorKind, EventSource, RunId, RunStatus, StepStatus, ThreadId, Visibility,
 };
 use tandem_workflows::declarative::{DefinitionError, MAX_EXECUTED_STEPS, Services};

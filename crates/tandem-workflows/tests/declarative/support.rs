@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::{Value, json};
-use tandem_store::testing::TestDatabase;
-use tandem_store::{
-    AssignedTo, Content, DatabaseOptions, Message, MessageFilter, NewThread, RunId, RunStatus,
-    StepStatus, Store, Synchronous, ThreadId,
+use tandem_model::{
+    AssignedTo, Content, Message, MessageFilter, NewThread, RunId, RunStatus, StepStatus, ThreadId,
 };
+use tandem_store::testing::TestDatabase;
+use tandem_store::{DatabaseOptions, Store, Synchronous};
 use tandem_workflows::declarative::Services;
 use tandem_workflows::engine::RunState;
 use tandem_workflows::{

@@ -11,10 +11,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::{Harness, counter};
-use tandem_store::{
-    ClaimRequest, EventSource, JournalWrite, NewRun, RunStatus, RunUpdate, StepCommit, StepStatus,
-    StoreError, micros,
-};
+use tandem_model::{EventSource, JournalWrite, NewRun, RunStatus, RunUpdate, StepStatus};
+use tandem_store::{ClaimRequest, StepCommit, StoreError, micros};
 use tandem_workflows::{ActionError, End, Registry, RetryPolicy, Wakeup, WorkflowDef};
 
 /// Three journaled steps, then a wait for `decision` (deadline 1 h), then a
@@ -424,7 +422,7 @@ async fn pause_resume_and_cancel_answer_every_state_and_the_on_complete_handler_
         }
     };
     let mut h = Harness::start(registry).await;
-    let conflict = |r: Result<tandem_store::WorkflowRun, tandem_workflows::EngineError>| match r {
+    let conflict = |r: Result<tandem_model::WorkflowRun, tandem_workflows::EngineError>| match r {
         Err(tandem_workflows::EngineError::Store(StoreError::Conflict { code, .. })) => code,
         other => panic!("expected a conflict, got {other:?}"),
     };
@@ -613,7 +611,7 @@ async fn lease_races_between_two_nodes_never_commit_a_step_twice() {
             .await
             .expect("create")
             .value;
-        let lease_a = tandem_store::Lease {
+        let lease_a = tandem_model::Lease {
             run_id: run.id,
             owner: node_a.node().to_owned(),
             generation: run.generation,
@@ -635,7 +633,7 @@ async fn lease_races_between_two_nodes_never_commit_a_step_twice() {
         };
         // Every lease here ends well after B's clock, so no run of an earlier
         // race looks free to B.
-        let commit = |store: tandem_store::Store, lease: tandem_store::Lease| async move {
+        let commit = |store: tandem_store::Store, lease: tandem_model::Lease| async move {
             store
                 .commit_steps(StepCommit {
                     lease,
@@ -697,7 +695,7 @@ async fn a_posted_message_commits_with_its_journal_entry_exactly_once() {
         r.register(WorkflowDef::new(
             "notify",
             "1",
-            |ctx, thread: tandem_store::ThreadId| async move {
+            |ctx, thread: tandem_model::ThreadId| async move {
                 let message = ctx
                     .post_message("tell", agent_message(thread, "Your refund is on its way."))
                     .await?;
@@ -711,7 +709,7 @@ async fn a_posted_message_commits_with_its_journal_entry_exactly_once() {
     let thread = h
         .store
         .create_thread(
-            tandem_store::NewThread {
+            tandem_model::NewThread {
                 customer_id: "c1".into(),
                 title: None,
                 metadata: json!({}),
@@ -740,7 +738,7 @@ async fn a_posted_message_commits_with_its_journal_entry_exactly_once() {
         .expect("deliver");
     let state = h.wait_status(id, RunStatus::Completed).await;
     assert_eq!(state.run.result, Some(json!(1)));
-    let filter = tandem_store::MessageFilter {
+    let filter = tandem_model::MessageFilter {
         after_seq: 0,
         limit: 10,
         customer_view: false,
@@ -754,7 +752,7 @@ async fn a_posted_message_commits_with_its_journal_entry_exactly_once() {
     assert_eq!(messages[0].agent_name.as_deref(), Some("Refunds"));
 
     // A stale executor's effect is refused with its journal entry.
-    let stale = tandem_store::Lease {
+    let stale = tandem_model::Lease {
         run_id: id,
         owner: h.store.node().to_owned(),
         generation: 1,
@@ -779,7 +777,7 @@ async fn a_posted_message_commits_with_its_journal_entry_exactly_once() {
             }],
             effect: Some((
                 0,
-                tandem_store::StoreEffect::PostMessage(agent_message(thread.id, "twice?")),
+                tandem_model::StoreEffect::PostMessage(agent_message(thread.id, "twice?")),
             )),
             update: RunUpdate::Continue,
             now,
@@ -838,19 +836,19 @@ async fn a_sleep_too_long_to_represent_waits_instead_of_failing() {
 }
 
 /// A public message from the AI agent "Refunds".
-fn agent_message(thread: tandem_store::ThreadId, text: &str) -> tandem_store::NewMessage {
-    tandem_store::NewMessage {
+fn agent_message(thread: tandem_model::ThreadId, text: &str) -> tandem_model::NewMessage {
+    tandem_model::NewMessage {
         id: None,
         thread_id: thread,
-        role: tandem_store::Role::Assistant,
+        role: tandem_model::Role::Assistant,
         agent_name: Some("Refunds".into()),
-        author: tandem_store::Author {
-            kind: tandem_store::AuthorKind::Ai,
+        author: tandem_model::Author {
+            kind: tandem_model::AuthorKind::Ai,
             id: None,
         },
-        content: tandem_store::Content::Text(text.into()),
-        visibility: tandem_store::Visibility::Public,
-        status: tandem_store::MessageStatus::Published,
+        content: tandem_model::Content::Text(text.into()),
+        visibility: tandem_model::Visibility::Public,
+        status: tandem_model::MessageStatus::Published,
         metadata: json!({"provider": "workflow"}),
         reply_to: None,
         customer_scope: None,

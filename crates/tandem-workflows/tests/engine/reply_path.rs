@@ -3,10 +3,12 @@
 //! sleeps until a human's answer wakes it.
 
 use serde_json::{Value, json};
-use tandem_store::{
+use tandem_model::names::ASK_HUMAN_TOOL;
+use tandem_model::{
     AssignedTo, Content, InboxKind, MessageFilter, MessageId, NewAssignment, NewInboxItem,
-    NewMessage, NewThread, OpenItem, Part, RunStatus, ThreadId, Visibility, micros,
+    NewMessage, NewThread, OpenItem, Part, RunStatus, ThreadId, Visibility,
 };
+use tandem_store::micros;
 use tandem_workflows::{Registry, WorkflowDef};
 
 use crate::agent_message;
@@ -57,7 +59,7 @@ fn reply_workflow() -> Registry {
                 visibility: Visibility::Internal,
                 content: Content::Parts(vec![Part::ToolCall {
                     id: "call_1".into(),
-                    name: "ask_human".into(),
+                    name: ASK_HUMAN_TOOL.into(),
                     arguments: json!({"question": "Refund?"}),
                 }]),
                 ..agent_message(thread, "")
@@ -78,7 +80,7 @@ fn reply_workflow() -> Registry {
                             due_at: None,
                             due_in: None,
                             team: None,
-                            priority: tandem_store::Priority::Normal,
+                            priority: tandem_model::Priority::Normal,
                             run_id: Some(ctx.run_id()),
                         },
                         assign: None,
@@ -115,10 +117,10 @@ async fn thread(h: &Harness) -> ThreadId {
 
 async fn customer_says(h: &Harness, thread: ThreadId, text: &str) -> i64 {
     let message = NewMessage {
-        role: tandem_store::Role::User,
+        role: tandem_model::Role::User,
         agent_name: None,
-        author: tandem_store::Author {
-            kind: tandem_store::AuthorKind::Customer,
+        author: tandem_model::Author {
+            kind: tandem_model::AuthorKind::Customer,
             id: None,
         },
         ..agent_message(thread, text)
@@ -162,7 +164,7 @@ async fn a_reply_is_posted_once_and_replayed_as_posted_after_a_restart() {
             id,
             "done",
             json!(null),
-            tandem_store::EventSource::Api,
+            tandem_model::EventSource::Api,
             None,
         )
         .await
@@ -210,7 +212,7 @@ async fn a_skipped_reply_stays_skipped_on_replay() {
             id,
             "done",
             json!(null),
-            tandem_store::EventSource::Api,
+            tandem_model::EventSource::Api,
             None,
         )
         .await

@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tandem_model::{RunId, RunStatus};
+use tandem_store::Store;
 use tandem_store::testing::TestDatabase;
-use tandem_store::{RunId, RunStatus, Store};
 use tandem_workflows::{
     Clock, Engine, EngineConfig, ManualClock, Registry, RunState, Signer, Silent,
 };

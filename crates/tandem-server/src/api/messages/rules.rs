@@ -2,36 +2,25 @@
 //! caller's token, or says why not.
 //!
 //! - Customers post `role: user` text. They never set role, agent name,
-//!   author, visibility, status or the reserved metadata keys.
+//!   author, visibility, status or the reserved metadata keys
+//!   ([`tandem_model::metadata::is_reserved`]).
 //! - Agents post as themselves: `assistant` replies and internal notes, and
-//!   `tool` results; the server marks them `provider: "human"`.
+//!   `tool` results; the server marks them `provider: "human"`, and they set
+//!   no other reserved key.
 //! - Admin tokens may post anything, with defaults derived from the role.
 //!
 //! For everyone: tool plumbing (`tool` messages, tool calls) is internal, and
 //! content must be non-empty and within the configured limits.
 
 use serde_json::{Map, Value, json};
-use tandem_store::{
+use tandem_model::metadata::{PROVIDER, PROVIDER_METADATA, reserved_keys};
+use tandem_model::{
     Author, AuthorKind, Content, MessageStatus, NewMessage, Part, Role, ThreadId, Visibility,
 };
 
 use super::PostMessage;
 use crate::config::Limits;
 use crate::http::{ApiError, Principal};
-
-/// Metadata keys only the server (or an admin) writes.
-const RESERVED_METADATA: [&str; 10] = [
-    "provider",
-    "providerMetadata",
-    "usage",
-    "confidence",
-    "routing",
-    "decisions",
-    "run_id",
-    "approval",
-    "suggestion",
-    "desk",
-];
 
 const MAX_NAME_CHARS: usize = 128;
 
@@ -57,10 +46,7 @@ pub fn new_message(
             if let Some((field, _)) = forbidden.iter().find(|(_, set)| *set) {
                 return Err(ApiError::field_not_allowed(field, "customer"));
             }
-            if let Some(key) = RESERVED_METADATA
-                .iter()
-                .find(|k| metadata.contains_key(**k))
-            {
+            if let Some(key) = reserved_keys().find(|k| metadata.contains_key(*k)) {
                 return Err(ApiError::field_not_allowed(
                     &format!("metadata.{key}"),
                     "customer",
@@ -98,7 +84,7 @@ pub fn new_message(
                 return Err(ApiError::field_not_allowed("status", "agent"));
             }
             if metadata
-                .get("provider")
+                .get(PROVIDER)
                 .is_some_and(|p| p != &Value::from("human"))
             {
                 return Err(ApiError::forbidden(
@@ -106,17 +92,18 @@ pub fn new_message(
                     "an agent's messages have `metadata.provider` \"human\"",
                 ));
             }
-            if let Some(key) = RESERVED_METADATA[1..]
-                .iter()
-                .find(|k| metadata.contains_key(**k))
+            // `provider` is checked above: an agent's is always "human".
+            if let Some(key) = reserved_keys()
+                .filter(|k| *k != PROVIDER)
+                .find(|k| metadata.contains_key(*k))
             {
                 return Err(ApiError::field_not_allowed(
                     &format!("metadata.{key}"),
                     "agent",
                 ));
             }
-            metadata.insert("provider".into(), json!("human"));
-            metadata.insert("providerMetadata".into(), json!({"human": {"name": name}}));
+            metadata.insert(PROVIDER.into(), json!("human"));
+            metadata.insert(PROVIDER_METADATA.into(), json!({"human": {"name": name}}));
             let author = Author {
                 kind: AuthorKind::Human,
                 id: Some(name.clone()),
@@ -176,7 +163,7 @@ pub fn new_message(
 /// The author an admin's message gets when it names none. A customer author
 /// without an id is filled in with the thread's customer by the store.
 fn default_author(role: Role, agent_name: Option<&str>, metadata: &Map<String, Value>) -> Author {
-    let human = metadata.get("provider") == Some(&Value::from("human"));
+    let human = metadata.get(PROVIDER) == Some(&Value::from("human"));
     let kind = match role {
         Role::User => AuthorKind::Customer,
         Role::Assistant | Role::Tool if human => AuthorKind::Human,

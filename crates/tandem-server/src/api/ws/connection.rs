@@ -14,7 +14,7 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use governor::{Quota, RateLimiter};
 use serde_json::Value;
-use tandem_store::ThreadId;
+use tandem_model::ThreadId;
 
 use crate::http::Principal;
 use crate::hub::outbox::{CloseReason, Outbox};

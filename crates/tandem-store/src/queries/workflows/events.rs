@@ -3,14 +3,14 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
+use tandem_model::{
+    DeliveredEvent, EventId, EventSource, Lease, RunId, RunStatus, WorkflowEvent, WorkflowRun,
+};
 
 use super::runs::{finished, lock_run};
 use super::{RunRow, run_columns};
 use crate::backend::{Tx, job, on_conn};
-use crate::{
-    DeliveredEvent, EventId, EventSource, Lease, RunId, RunStatus, Store, StoreError,
-    WorkflowEvent, WorkflowRun,
-};
+use crate::{Store, StoreError};
 
 #[derive(sqlx::FromRow)]
 pub(super) struct EventRow {

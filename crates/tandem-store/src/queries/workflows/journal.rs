@@ -1,17 +1,18 @@
 //! Committing journal entries, with their store effects, in one transaction.
 
 use sqlx::types::Json;
+use tandem_model::{
+    AssignedTo, AssignmentId, Committed, EffectOutput, InboxItemId, JournalWrite, Lease,
+    NewAssignment, OpenItem, RunStatus, RunUpdate, SkipReason, StoreEffect, Thread, ThreadId,
+    WorkflowRun,
+};
 
 use super::runs::lease_lost;
 use super::{RunRow, run_columns};
 use crate::backend::{Tx, job, on_conn};
 use crate::queries::inbox::open_item_in;
 use crate::queries::messages::insert_message;
-use crate::{
-    AssignedTo, AssignmentId, Committed, EffectOutput, InboxItemId, JournalWrite, Lease,
-    NewAssignment, OpenItem, RunStatus, RunUpdate, SkipReason, Store, StoreEffect, StoreError,
-    Thread, ThreadId, WorkflowRun,
-};
+use crate::{Store, StoreError};
 
 /// One commit of an executor.
 #[derive(Debug, Clone)]

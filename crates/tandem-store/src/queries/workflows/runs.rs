@@ -1,14 +1,15 @@
 //! Creating, claiming, reading and controlling runs.
 
 use sqlx::types::Json;
+use tandem_model::{
+    ClaimedRun, JournalEntry, Lease, NewRun, RunId, RunStatus, StepStatus, WorkflowEvent,
+    WorkflowRun,
+};
 
 use super::{RunRow, run_columns};
 use crate::backend::{Pool, Tx, job, on_conn, on_pool};
 use crate::queries::idempotency::{IdempotencyKey, Written};
-use crate::{
-    ClaimedRun, JournalEntry, Lease, NewRun, RunId, RunStatus, StepStatus, Store, StoreError,
-    WorkflowEvent, WorkflowRun,
-};
+use crate::{Store, StoreError};
 
 /// When a claim may take a run: its lease is free or has expired, or (on
 /// PostgreSQL) the process holding it no longer has a connection, so a

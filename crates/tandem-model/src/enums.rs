@@ -38,6 +38,7 @@ macro_rules! text_enum {
             }
         }
 
+        #[cfg(feature = "sqlx")]
         impl<DB: sqlx::Database> sqlx::Type<DB> for $name
         where
             String: sqlx::Type<DB>,
@@ -50,6 +51,7 @@ macro_rules! text_enum {
             }
         }
 
+        #[cfg(feature = "sqlx")]
         impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for $name
         where
             &'q str: sqlx::Encode<'q, DB>,
@@ -62,6 +64,7 @@ macro_rules! text_enum {
             }
         }
 
+        #[cfg(feature = "sqlx")]
         impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for $name
         where
             &'r str: sqlx::Decode<'r, DB>,

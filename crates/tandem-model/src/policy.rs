@@ -1,12 +1,15 @@
 //! The routing policy: which strategies decide who replies, in what order,
-//! and the thresholds and gates around the AI. Stored as one JSON document
-//! (`GET`/`PUT /v1/policy`); every field has a default, so `{}` is a policy.
+//! and the thresholds and gates around the AI. Stored as one JSON document,
+//! the setting [`POLICY_SETTING`](crate::names::POLICY_SETTING) (the store's
+//! `Store::policy` reads it; `GET`/`PUT /v1/policy`); every field has a
+//! default, so `{}` is a policy.
 
 use std::collections::HashSet;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tandem_store::{AssignmentMode, Fallback, InboxKind, Priority, ThreadId};
+
+use crate::{AssignmentMode, Fallback, InboxKind, Priority, ThreadId};
 
 /// How Tandem decides who answers a customer message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

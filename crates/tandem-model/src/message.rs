@@ -5,7 +5,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{AuthorKind, MessageId, MessageStatus, Role, ThreadId, Visibility};
+use super::{AuthorKind, InboxItem, MessageId, MessageStatus, Role, Thread, ThreadId, Visibility};
+use crate::metadata;
 
 /// One message of a thread, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -30,34 +31,38 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
 }
 
-/// Metadata keys that are for staff only: how the reply was decided and
-/// reviewed, and what it cost. A customer's view of a message leaves them
-/// out.
-pub const STAFF_METADATA: [&str; 8] = [
-    "routing",
-    "decisions",
-    "run_id",
-    "approval",
-    "usage",
-    "confidence",
-    "suggestion",
-    "desk",
-];
-
 impl Message {
-    /// The message as a customer may see it: without [`STAFF_METADATA`].
-    /// `None` when it is already that (nothing to leave out).
+    /// The message as a customer may see it: without the staff-only
+    /// metadata ([`metadata::is_staff_only`]: how the reply was decided and
+    /// reviewed, and what it cost). `None` when it is already that (nothing
+    /// to leave out).
     pub fn for_customer(&self) -> Option<Message> {
         let object = self.metadata.as_object()?;
-        if !STAFF_METADATA.iter().any(|key| object.contains_key(*key)) {
+        if !metadata::staff_only_keys().any(|key| object.contains_key(key)) {
             return None;
         }
         let mut view = self.clone();
         if let Some(object) = view.metadata.as_object_mut() {
-            object.retain(|key, _| !STAFF_METADATA.contains(&key.as_str()));
+            object.retain(|key, _| !metadata::is_staff_only(key));
         }
         Some(view)
     }
+}
+
+/// A stored message, and the thread when this message reopened it (a
+/// customer writing into a closed thread), for the hub to announce.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PostedMessage {
+    #[serde(flatten)]
+    pub message: Message,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reopened: Option<Thread>,
+    /// The inbox items of the thread this message changed: a human agent's
+    /// public reply is the first response to every pending item, and
+    /// resolves its handoffs and escalations. Not kept in an idempotency
+    /// record (`skip`), so a replayed POST pushes no stale item.
+    #[serde(skip)]
+    pub items: Vec<InboxItem>,
 }
 
 /// Who wrote a message.

@@ -45,7 +45,8 @@ pub struct NewWidgetKey {
 
 /// An inbox sign-in: the agent name and its argon2 password hash (a PHC
 /// string, never the password).
-#[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct AgentAccount {
     pub name: String,
     pub password_hash: String,

@@ -6,7 +6,8 @@ use serde::Serialize;
 use super::{TokenId, TokenKind};
 
 /// A token as stored (without its secret).
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct Token {
     pub id: TokenId,
     pub kind: TokenKind,

@@ -12,7 +12,8 @@ use crate::PostedMessage;
 
 /// One piece of work for a human: a question, a draft to approve, an
 /// escalation or a handoff.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct InboxItem {
     pub id: InboxItemId,
     pub kind: InboxKind,

@@ -1,5 +1,5 @@
 //! What the router learns from: labelled examples. (The routing policy is
-//! the setting `policy`, see [`crate::Store::get_setting`].)
+//! [`crate::policy`].)
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -20,8 +20,8 @@ pub struct RoutingExample {
     pub created_at: DateTime<Utc>,
 }
 
-/// An example to add; its vector may come now or later
-/// ([`crate::Store::set_example_vector`]).
+/// An example to add; its vector may come now or later (the store's
+/// `set_example_vector`).
 #[derive(Debug, Clone)]
 pub struct NewRoutingExample {
     pub text: String,

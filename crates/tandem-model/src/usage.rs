@@ -31,7 +31,8 @@ pub struct ThreadUsage {
 }
 
 /// Tokens spent with one model for one purpose.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct ModelUsage {
     pub model: String,
     pub purpose: String,

@@ -1,14 +1,16 @@
-//! Threads: one conversation between a customer and the support side.
+//! Threads: one conversation between a customer and the support side, and
+//! the history of who it was assigned to.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{AssignedTo, ThreadId, ThreadStatus};
+use super::{AssignedTo, AssignmentId, ThreadId, ThreadStatus};
 
 /// A conversation between one customer and the support side.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct Thread {
     pub id: ThreadId,
     /// The integrator's id for the customer this thread belongs to.
@@ -20,7 +22,7 @@ pub struct Thread {
     /// The human agent the thread is assigned to, if any.
     pub assignee: Option<String>,
     /// The integrator's own data about the thread (a JSON object).
-    #[sqlx(json)]
+    #[cfg_attr(feature = "sqlx", sqlx(json))]
     pub metadata: Value,
     /// The `seq` of the thread's newest message (0 when it has none).
     pub last_seq: i64,
@@ -55,4 +57,26 @@ pub struct ThreadFilter {
     /// Only threads older than this one (the page cursor).
     pub before: Option<ThreadId>,
     pub limit: u32,
+}
+
+/// Who made an assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AssignedBy {
+    /// `admin`, `human`, `ai`, `system` or `workflow`.
+    pub kind: String,
+    pub id: Option<String>,
+}
+
+/// One change of a thread's assignment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Assignment {
+    pub id: AssignmentId,
+    pub thread_id: ThreadId,
+    pub assigned_to: AssignedTo,
+    /// The human agent, when assigned to one.
+    pub assignee: Option<String>,
+    pub team: Option<String>,
+    pub reason: Option<String>,
+    pub by: AssignedBy,
+    pub created_at: DateTime<Utc>,
 }
