@@ -16,7 +16,6 @@ mod injection;
 mod messages;
 mod operations;
 mod reply;
-mod reply_recovery;
 mod reply_transactions;
 mod routing;
 mod takeover;

@@ -220,12 +220,12 @@ async fn a_customer_gets_not_found_for_other_threads_and_forbidden_for_the_inbox
         .await;
     let forbidden = expect_error(&mut ws, "forbidden").await;
     assert_eq!(forbidden["topic"], "inbox");
-    let item = server
+    // An item opened (the store announces it to `inbox` subscribers).
+    server
         .store
         .open_inbox_item(new_item(&own, "private to staff"))
         .await
         .expect("open inbox item");
-    server.hub.publish_inbox(&item);
     // A thread change goes to inbox subscribers; this customer is not one.
     let patched = server
         .patch(
@@ -1004,14 +1004,12 @@ async fn the_inbox_starts_with_the_pending_items_then_goes_live() {
         .set_inbox_item_status(first.id, InboxStatus::Claimed, Some("alice".into()))
         .await
         .expect("claim");
-    server.hub.publish_inbox(&claimed);
     let frame = agent.next().await;
     assert_eq!(without_context(frame.clone()), inbox_frame(&claimed));
     assert_eq!(frame["item"]["status"], "claimed");
     assert_eq!(frame["item"]["claimed_by"], "alice");
 
     let third = open("third").await.expect("open");
-    server.hub.publish_inbox(&third);
     assert_eq!(without_context(agent.next().await), inbox_frame(&third));
     assert_quiet(&mut agent, "after the last change").await;
 
@@ -1035,7 +1033,6 @@ async fn the_inbox_starts_with_the_pending_items_then_goes_live() {
         .set_inbox_item_status(second.id, InboxStatus::Resolved, None)
         .await
         .expect("resolve");
-    server.hub.publish_inbox(&resolved);
     assert_eq!(without_context(admin.next().await), inbox_frame(&resolved));
     assert_quiet(&mut agent, "the inbox after unsubscribing").await;
     server.stop().await;

@@ -9,6 +9,10 @@
 //! written after the restart and answering that message, and one `reply`
 //! run exists for it. Runs on the backend the suite is pointed at
 //! (`TANDEM_TEST_DATABASE_URL`), like every test.
+//!
+//! And customer messages stored just before a `SIGKILL` each have their
+//! `reply` run already, since the run is created in the message's own
+//! transaction: nothing is left to recover at the next start.
 
 #[path = "support/process.rs"]
 mod process;
@@ -226,6 +230,166 @@ async fn a_reply_killed_during_its_model_call_is_answered_once_after_the_restart
     assert_eq!(model_steps.len(), 1, "{journal:#?}");
     assert_eq!(model_steps[0]["status"], "completed");
 
+    let (status, _) = server.terminate();
+    assert!(status.success(), "{status:?}");
+    db.drop().await;
+}
+
+/// A UUID column as 32 lowercase hex digits, on either backend (SQLite
+/// stores UUIDs as blobs).
+fn hex_id(db: &TestDb, column: &str) -> String {
+    if db.options().url.starts_with("postgres") {
+        format!("replace(CAST({column} AS TEXT), '-', '')")
+    } else {
+        format!("lower(hex({column}))")
+    }
+}
+
+/// A UUID as [`hex_id`] writes it.
+fn hex(id: &str) -> String {
+    id.replace('-', "")
+}
+
+/// `(message id, thread id)` of every stored customer message, and the
+/// `message_id` of every `reply` run with its status, ids as [`hex`].
+async fn messages_and_runs(db: &TestDb) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    let sql = format!(
+        "SELECT {} || '|' || {} FROM messages WHERE role = 'user'",
+        hex_id(db, "id"),
+        hex_id(db, "thread_id")
+    );
+    let messages = db
+        .query_strings(&sql)
+        .await
+        .into_iter()
+        .map(|row| {
+            let (id, thread) = row.split_once('|').expect("id|thread");
+            (id.to_owned(), thread.to_owned())
+        })
+        .collect();
+    let runs = reply_runs(db)
+        .await
+        .into_iter()
+        .map(|(args, status)| {
+            let message = args["message_id"].as_str().expect("message_id");
+            (hex(message), status)
+        })
+        .collect();
+    (messages, runs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_messages_stored_before_a_kill_each_have_their_reply_run() {
+    const THREADS: usize = 40;
+    let db = TestDb::fresh().await;
+    assert_eq!(process::run(&db, &["migrate"]).trim(), "migrations applied");
+    // The AI is off: every reply run hands its thread to a human.
+    let mut server = process::serve(&db);
+    let admin = process::secret_in(&server.stdout).expect("the first start prints an admin token");
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", server.address);
+    let mut threads = Vec::new();
+    for i in 0..THREADS {
+        let created = Response::read(
+            client
+                .post(format!("{base}/v1/threads"))
+                .bearer_auth(&admin)
+                .json(&json!({"customer_id": format!("c{i}")}))
+                .send()
+                .await
+                .expect("create a thread"),
+        )
+        .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+        threads.push(created.body["id"].as_str().expect("id").to_owned());
+    }
+
+    // One customer message per thread, all at once; the server is killed
+    // once a few are acknowledged, with the others in flight.
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
+    for thread in &threads {
+        let (client, base, admin) = (client.clone(), base.clone(), admin.clone());
+        let (thread, acked) = (thread.clone(), acked_tx.clone());
+        tokio::spawn(async move {
+            let sent = client
+                .post(format!("{base}/v1/threads/{thread}/messages"))
+                .bearer_auth(&admin)
+                .json(&json!({"content": "Is anyone there?"}))
+                .send()
+                .await;
+            if let Ok(response) = sent {
+                let response = Response::read(response).await;
+                if response.status == StatusCode::CREATED {
+                    let id = response.body["id"].as_str().expect("id").to_owned();
+                    let _ = acked.send(id);
+                }
+            }
+        });
+    }
+    drop(acked_tx);
+    let mut acked = Vec::new();
+    while acked.len() < 5 {
+        let id = tokio::time::timeout(WAIT, acked_rx.recv())
+            .await
+            .expect("acknowledgements")
+            .expect("an acknowledgement");
+        acked.push(id);
+    }
+    server.child.kill().expect("SIGKILL");
+    let _ = server.child.wait();
+    while let Some(id) = acked_rx.recv().await {
+        acked.push(id);
+    }
+
+    // Straight after the kill, before any restart: each stored customer
+    // message has exactly one run, and every acknowledged one is stored.
+    let (messages, runs) = messages_and_runs(&db).await;
+    assert!(messages.len() >= acked.len(), "{messages:?} vs {acked:?}");
+    for id in &acked {
+        assert!(
+            messages.iter().any(|(m, _)| *m == hex(id)),
+            "acknowledged {id} was stored"
+        );
+    }
+    for (id, _) in &messages {
+        let theirs = runs.iter().filter(|(m, _)| m == id).count();
+        assert_eq!(theirs, 1, "message {id} has {theirs} reply runs: {runs:?}");
+    }
+    assert_eq!(runs.len(), messages.len(), "{runs:?}");
+    eprintln!(
+        "{} messages stored, {} acknowledged, before the kill",
+        messages.len(),
+        acked.len()
+    );
+
+    // After the restart every run ends, each with its handoff.
+    let server = process::serve(&db);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, runs) = messages_and_runs(&db).await;
+        if runs.iter().all(|(_, status)| status == "completed") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "runs did not complete after the restart: {runs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let handoffs = db
+        .query_strings(&format!(
+            "SELECT {} FROM inbox_items WHERE kind = 'handoff'",
+            hex_id(&db, "thread_id")
+        ))
+        .await;
+    let mut stored_threads: Vec<String> = messages.into_iter().map(|(_, t)| t).collect();
+    stored_threads.sort();
+    let mut handed = handoffs.clone();
+    handed.sort();
+    assert_eq!(
+        handed, stored_threads,
+        "one handoff per thread with a message"
+    );
     let (status, _) = server.terminate();
     assert!(status.success(), "{status:?}");
     db.drop().await;

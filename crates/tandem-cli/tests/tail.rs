@@ -171,6 +171,7 @@ async fn commit_while_down(db: &TestDb, thread: &str, texts: &[&str]) {
                     customer_scope: None,
                 },
                 None,
+                None,
             )
             .await
             .expect("commit a message");

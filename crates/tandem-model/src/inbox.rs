@@ -8,7 +8,6 @@ use super::{
     InboxItemId, InboxKind, InboxResolution, InboxStatus, Message, MessageId, Priority, RunId,
     Thread, ThreadId,
 };
-use crate::PostedMessage;
 
 /// One piece of work for a human: a question, a draft to approve, an
 /// escalation or a handoff.
@@ -155,22 +154,22 @@ impl Default for InboxFilter {
     }
 }
 
-/// What resolving an inbox item did, for the caller to push to the hub and
-/// (when `run_ready`) to wake the workflow engine.
+/// What resolving an inbox item did (announced on the store's change
+/// stream as it commits).
 #[derive(Debug, Clone)]
 pub struct Resolved {
     /// The item, resolved.
     pub item: InboxItem,
     /// The message the resolution posted: the answer (a tool result), or
     /// the approved reply as the thread's next public message.
-    pub message: Option<PostedMessage>,
+    pub message: Option<Message>,
     /// The draft an approval or a rejection changed the status of.
     pub draft: Option<Message>,
     /// The thread, when the resolution reassigned it (a rejection).
     pub thread: Option<Thread>,
     /// The run waiting on the item, after the event was delivered to it.
     pub run: Option<crate::WorkflowRun>,
-    /// Whether the event made the run due: the engine should be woken.
+    /// Whether the event made the run due.
     pub run_ready: bool,
 }
 

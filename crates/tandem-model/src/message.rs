@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{AuthorKind, InboxItem, MessageId, MessageStatus, Role, Thread, ThreadId, Visibility};
+use super::{AuthorKind, MessageId, MessageStatus, Role, ThreadId, Visibility};
 use crate::metadata;
 
 /// One message of a thread, as stored.
@@ -47,22 +47,6 @@ impl Message {
         }
         Some(view)
     }
-}
-
-/// A stored message, and the thread when this message reopened it (a
-/// customer writing into a closed thread), for the hub to announce.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PostedMessage {
-    #[serde(flatten)]
-    pub message: Message,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reopened: Option<Thread>,
-    /// The inbox items of the thread this message changed: a human agent's
-    /// public reply is the first response to every pending item, and
-    /// resolves its handoffs and escalations. Not kept in an idempotency
-    /// record (`skip`), so a replayed POST pushes no stale item.
-    #[serde(skip)]
-    pub items: Vec<InboxItem>,
 }
 
 /// Who wrote a message.

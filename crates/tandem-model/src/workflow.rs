@@ -80,6 +80,29 @@ pub struct NewRun {
     pub has_on_complete: bool,
 }
 
+/// The arguments of a `reply` run: the customer message to answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyArgs {
+    pub thread_id: super::ThreadId,
+    pub message_id: super::MessageId,
+    pub seq: i64,
+}
+
+/// The `reply` run a customer message starts, created in the message's own
+/// transaction so that no stored customer message is ever left without
+/// one (see [`crate::names::REPLY_WORKFLOW`]).
+#[derive(Debug, Clone)]
+pub struct ReplyRun {
+    /// The version of the `reply` workflow the run is pinned to.
+    pub version: String,
+    /// The workflow clock's now (µs): the run is ready from then.
+    pub ready_at: i64,
+    /// The creating process and the end of its lease (µs, wall clock): the
+    /// run is leased to it in the same transaction, to start at once.
+    pub lease: Option<(String, i64)>,
+}
+
 /// An executor's hold on a run: valid while the run's generation is this one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -206,17 +229,19 @@ impl std::fmt::Display for SkipReason {
     }
 }
 
-/// The outcome of a [`StoreEffect`], for the hub to push.
+/// The outcome of a [`StoreEffect`]: what the step journals (see
+/// [`EffectOutput::journal_value`]). What it changed is announced on the
+/// store's change stream, like every commit's.
 // One value per step commit (see `StoreEffect`).
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum EffectOutput {
-    Message(crate::PostedMessage),
+    Message(super::Message),
     Thread(super::Thread),
     /// An [`OpenItem`] effect: the message posted, the item, the thread
     /// reassigned, where there were.
     Item {
-        message: Option<crate::PostedMessage>,
+        message: Option<super::Message>,
         item: super::InboxItem,
         thread: Option<super::Thread>,
     },
@@ -224,14 +249,8 @@ pub enum EffectOutput {
     Skipped {
         reason: SkipReason,
     },
-    /// A [`StoreEffect::ExpireItem`]: what it did, the messages it posted,
-    /// the thread it reassigned, and whether a run became due.
-    Expired {
-        expiry: super::Expiry,
-        messages: Vec<crate::PostedMessage>,
-        thread: Option<super::Thread>,
-        run_ready: bool,
-    },
+    /// A [`StoreEffect::ExpireItem`]: what it did.
+    Expired(super::Expiry),
 }
 
 impl EffectOutput {
@@ -240,21 +259,21 @@ impl EffectOutput {
     /// [`super::Thread`], an [`OpenedItem`] or a [`PostedReply`].
     pub fn journal_value(&self) -> Result<Value, serde_json::Error> {
         match self {
-            Self::Message(posted) => serde_json::to_value(&posted.message),
+            Self::Message(message) => serde_json::to_value(message),
             Self::Thread(thread) => serde_json::to_value(thread),
             Self::Item {
                 message,
                 item,
                 thread,
             } => serde_json::to_value(OpenedItemRef {
-                message: message.as_ref().map(|posted| &posted.message),
+                message: message.as_ref(),
                 item,
                 thread: thread.as_ref(),
             }),
             Self::Skipped { reason } => {
                 serde_json::to_value(PostedReply::Skipped { skipped: *reason })
             }
-            Self::Expired { expiry, .. } => serde_json::to_value(expiry),
+            Self::Expired(expiry) => serde_json::to_value(expiry),
         }
     }
 }

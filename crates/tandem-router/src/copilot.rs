@@ -172,8 +172,7 @@ impl Copilot {
             reply_to: answers,
             customer_scope: None,
         };
-        let posted = self.store.post_message(new, None).await?;
-        Ok(posted.value.message)
+        Ok(self.store.post_message(new, None, None).await?.value)
     }
 }
 

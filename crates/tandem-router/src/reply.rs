@@ -83,14 +83,9 @@ pub trait ReplyEvents: Send + Sync + 'static {
     fn delta(&self, thread_id: ThreadId, message_id: MessageId, delta: &Delta);
 }
 
-/// A run's arguments: the customer message to answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReplyArgs {
-    pub thread_id: ThreadId,
-    pub message_id: MessageId,
-    pub seq: i64,
-}
+/// A run's arguments: the customer message to answer (the store creates the
+/// run with the message).
+pub use tandem_model::ReplyArgs;
 
 /// How a run ended; its result, also what `GET /v1/workflows/{id}` shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

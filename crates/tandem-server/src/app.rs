@@ -143,10 +143,6 @@ pub async fn serve(
     // Other processes' runs that become due wake this one's dispatcher.
     let waker = engine.clone();
     hub.on_workflow_signal(move || waker.wake());
-    if state.replies {
-        let (engine, store) = (engine.clone(), store.clone());
-        tokio::spawn(async move { crate::replies::recover(&engine, &store).await });
-    }
     let app = build_app(state);
     let listener = listener.tap_io(|tcp| {
         // Small JSON answers must not wait on Nagle's algorithm.

@@ -8,14 +8,16 @@
 //!   policy's `desk.assignment` says.
 //!
 //! A pass runs every `desk.claim_sweep_interval_ms`, and at once when an
-//! item starts waiting or an agent comes online ([`Desk::kick`]). Each step
-//! is one guarded store transaction, safe with several processes sweeping.
-//! Every item a pass changes is pushed on `inbox`.
+//! item starts waiting or an agent's presence or capacity changes: the desk
+//! follows the store's change stream for that ([`Desk::kick`]). Each step
+//! is one guarded store transaction, safe with several processes sweeping;
+//! what it changes reaches `inbox` subscribers on the change stream.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_store::Store;
+use tandem_model::InboxStatus;
+use tandem_store::{Change, ChangeSink, Store};
 use tokio::sync::Notify;
 
 use crate::config::DeskConfig;
@@ -44,13 +46,13 @@ impl Desk {
                 _ = hub.stopping() => break,
                 _ = tokio::time::sleep_until(next_sweep) => {
                     next_sweep = tokio::time::Instant::now() + interval;
-                    sweep(&store, &hub, &config).await;
+                    sweep(&store, &config).await;
                 }
                 _ = self.kick.notified() => {}
             }
             // A pass runs to its end: stopping halfway would change items
             // without telling anyone.
-            assign(&store, &hub, &config).await;
+            assign(&store, &config).await;
         }
     }
 }
@@ -64,7 +66,7 @@ fn ago(duration: Duration) -> chrono::DateTime<chrono::Utc> {
 }
 
 /// Idle claims and stale presence.
-async fn sweep(store: &Store, hub: &Hub, config: &DeskConfig) {
+async fn sweep(store: &Store, config: &DeskConfig) {
     match store
         .release_idle_claims(ago(Duration::from_secs(config.claim_idle_secs)))
         .await
@@ -72,7 +74,6 @@ async fn sweep(store: &Store, hub: &Hub, config: &DeskConfig) {
         Ok(released) => {
             for item in &released {
                 tracing::info!(item = %item.id, "desk: an idle claim went back to the queue");
-                hub.publish_inbox(item);
             }
         }
         Err(error) => tracing::warn!(%error, "desk: sweeping idle claims failed"),
@@ -85,9 +86,6 @@ async fn sweep(store: &Store, hub: &Hub, config: &DeskConfig) {
                     items = change.released.len(),
                     "desk: an agent stopped refreshing its presence and is offline"
                 );
-                for item in &change.released {
-                    hub.publish_inbox(item);
-                }
             }
         }
         Err(error) => tracing::warn!(%error, "desk: expiring presence failed"),
@@ -95,7 +93,7 @@ async fn sweep(store: &Store, hub: &Hub, config: &DeskConfig) {
 }
 
 /// Gives waiting items to online agents with room.
-async fn assign(store: &Store, hub: &Hub, config: &DeskConfig) {
+async fn assign(store: &Store, config: &DeskConfig) {
     let mode = match store.policy().await {
         Ok(policy) => policy.desk.assignment,
         Err(error) => {
@@ -107,9 +105,23 @@ async fn assign(store: &Store, hub: &Hub, config: &DeskConfig) {
         Ok(assigned) => {
             for item in &assigned {
                 tracing::debug!(item = %item.id, agent = ?item.claimed_by, "desk: assigned");
-                hub.publish_inbox(item);
             }
         }
         Err(error) => tracing::warn!(%error, "desk: assigning waiting items failed"),
+    }
+}
+
+/// The desk's view of the change stream: an item waiting for an agent, or
+/// an agent whose presence, capacity or teams changed, calls for a pass.
+impl ChangeSink for Desk {
+    fn apply(&self, changes: &[Change]) {
+        let wanted = changes.iter().any(|change| match change {
+            Change::Item(item) => item.status == InboxStatus::Open,
+            Change::Agent(_) => true,
+            _ => false,
+        });
+        if wanted {
+            self.kick();
+        }
     }
 }

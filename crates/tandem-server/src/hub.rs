@@ -1,12 +1,14 @@
 //! The push hub: every change, to every subscriber, in order, once.
 //!
-//! The store is the record and the hub only a fast path to it. Writers hand
-//! the hub what they committed ([`Hub::publish_message`], …) after the commit;
-//! on PostgreSQL other server processes learn of it from a small signal and
-//! re-read the rows. Each thread's [`thread_feed`] fans messages out in `seq`
+//! The store is the record and the hub only a fast path to it. The hub
+//! follows the store's change stream ([`committed`]): every commit of this
+//! process reaches it after the commit, whoever made it; on PostgreSQL other
+//! processes learn of it from a small signal the store sends, and re-read
+//! the rows. Each thread's [`thread_feed`] fans messages out in `seq`
 //! order and reads from the store whatever it has not seen, so a subscriber
 //! gets every message exactly once whichever way it arrived.
 //!
+//! - [`committed`]: the hub's sink on the store's change stream.
 //! - [`protocol`]: the frames and close codes.
 //! - [`outbox`]: each connection's bounded queue; a subscriber that falls
 //!   behind is closed, never waited for.
@@ -20,6 +22,7 @@
 //! - [`signals`]: the PostgreSQL listener and safety-net poll that keep
 //!   several processes in step.
 
+mod committed;
 mod fetcher;
 pub mod outbox;
 pub mod protocol;
@@ -103,6 +106,9 @@ struct InboxFeed {
     /// Counts changes, so a subscriber's snapshot can tell whether it missed one.
     version: u64,
     subscribers: Vec<InboxSubscriber>,
+    /// The state of each item last sent (its `updated_at`), lately, so that
+    /// the PostgreSQL poll sends only what a lost signal kept from here.
+    sent: HashMap<tandem_model::InboxItemId, chrono::DateTime<chrono::Utc>>,
 }
 
 struct InboxSubscriber {
@@ -166,8 +172,9 @@ impl Hub {
         &self.inner.config
     }
 
-    /// Starts the background work: the fetcher that reads what feeds missed
-    /// and, on PostgreSQL, listening for other processes' changes. Call
+    /// Starts the background work: following the store's change stream, the
+    /// fetcher that reads what feeds missed and, on PostgreSQL, listening
+    /// for other processes' commits (the store signals this one's). Call
     /// once, inside the runtime.
     pub fn start(&self) {
         self.inner.tasks.spawn(self.clone().run_fetcher());
@@ -192,6 +199,7 @@ impl Hub {
                 }
             });
         }
+        self.follow_changes();
     }
 
     /// Calls `wake` whenever another process signals that a workflow run
@@ -202,15 +210,16 @@ impl Hub {
     }
 
     /// Tells this process's engine that a run may have become due.
-    pub(crate) fn wake_workflows(&self) {
+    fn wake_workflows(&self) {
         let waker = lock(&self.inner.workflow_waker).clone();
         if let Some(wake) = waker {
             wake();
         }
     }
 
-    /// Calls `wake` whenever an item is waiting for an agent: opened, or
-    /// back in the queue.
+    /// Calls `wake` whenever another process signals that an item is
+    /// waiting for an agent (PostgreSQL only); this process's own items
+    /// reach the desk on the change stream.
     pub fn on_waiting_item(&self, wake: impl Fn() + Send + Sync + 'static) {
         *lock(&self.inner.desk_waker) = Some(Arc::new(wake));
     }
@@ -284,7 +293,7 @@ impl Hub {
     }
 
     /// A message was committed: fan it out to its thread's subscribers.
-    pub fn publish_message(&self, message: &Message) {
+    fn publish_message(&self, message: &Message) {
         let Some(feed) = self.feed(message.thread_id) else {
             return;
         };
@@ -293,18 +302,6 @@ impl Hub {
         state.wanted = state.wanted.max(message.seq);
         if !state.deliver(&encoded) {
             self.ensure_fetch(&feed, &mut state);
-        }
-    }
-
-    /// A message as the store posted it: the message, the thread it
-    /// reopened, and the inbox items it answered (a human agent's reply).
-    pub fn publish_posted(&self, posted: &tandem_model::PostedMessage) {
-        self.publish_message(&posted.message);
-        if let Some(thread) = &posted.reopened {
-            self.publish_thread(thread);
-        }
-        for item in &posted.items {
-            self.publish_inbox(item);
         }
     }
 
@@ -349,7 +346,7 @@ impl Hub {
     }
 
     /// A thread's status, assignment or title changed.
-    pub fn publish_thread(&self, thread: &Thread) {
+    fn publish_thread(&self, thread: &Thread) {
         let frame = Utf8Bytes::from(ServerFrame::Thread { thread }.encode());
         if let Some(feed) = self.feed(thread.id) {
             feed.lock().broadcast(&frame, true, None);
@@ -357,13 +354,25 @@ impl Hub {
         self.to_inbox(&frame);
     }
 
+    /// Tells the desk that an item another process changed waits for an
+    /// agent.
+    fn wake_desk(&self) {
+        let waker = lock(&self.inner.desk_waker).clone();
+        if let Some(wake) = waker {
+            wake();
+        }
+    }
+
     /// An inbox item opened or changed: pushed on `inbox` with its context
     /// (see [`tandem_model::InboxView`]), in the order of the calls.
-    pub fn publish_inbox(&self, item: &InboxItem) {
-        if item.status == tandem_model::InboxStatus::Open {
-            let waker = lock(&self.inner.desk_waker).clone();
-            if let Some(wake) = waker {
-                wake();
+    fn publish_inbox(&self, item: &InboxItem) {
+        {
+            let mut inbox = lock(&self.inner.inbox);
+            if inbox.subscribers.is_empty() {
+                return;
+            }
+            if self.inner.store.kind() == tandem_store::backend::BackendKind::Postgres {
+                inbox.sent.insert(item.id, item.updated_at);
             }
         }
         let sender = lock(&self.inner.inbox_changes).clone();

@@ -14,13 +14,13 @@
 //!   rate limits and request metrics.
 //! - [`hub`]: the WebSocket push hub: subscriptions, fan-out in `seq` order,
 //!   backpressure, and the signals that keep several processes in step.
-//! - [`replies`]: the `reply` run of each customer message, started once,
-//!   and the start-up sweep for messages whose run never started.
+//! - [`replies`]: the `reply` run a customer message starts, created with
+//!   the message.
 //! - [`state`]: the small bundle of handles each request gets.
 //! - [`web`]: the web pages (`/chat`, `/inbox`, `/widget.js`), built into
 //!   the binary, with their security headers.
 //! - [`workflows`]: the workflow engine's signing secret, its declarative
-//!   definitions, and the notifier that pushes its changes to the hub.
+//!   definitions, and the AI's streamed text on its way to the hub.
 
 pub mod accounts;
 pub mod api;

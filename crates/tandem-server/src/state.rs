@@ -104,9 +104,13 @@ impl AppState {
             registry,
             &config.workflows.engine,
             clock,
-            Arc::new(hub.clone()),
             signer,
         );
+        // What every commit means beyond the push hub (which follows the
+        // stream once started) and the engine (likewise).
+        let desk = crate::desk::Desk::default();
+        store.subscribe(metrics.clone());
+        store.subscribe(Arc::new(desk.clone()));
         Self {
             store,
             config: Arc::new(config),
@@ -116,7 +120,7 @@ impl AppState {
             workflows,
             llm,
             replies,
-            desk: crate::desk::Desk::default(),
+            desk,
         }
     }
 }

@@ -1,13 +1,13 @@
 //! The workflow engine's place in the server: the secret it signs with,
-//! the declarative definitions it loads, and the [`Notifier`] that pushes
-//! what it changes to the hub.
+//! the declarative definitions it loads, and the AI's streamed text on its
+//! way to the hub. (What the engine commits reaches the hub on the store's
+//! change stream, like every commit.)
 
 use std::time::Duration;
 
-use tandem_model::names::REPLY_WORKFLOW;
-use tandem_model::{EffectOutput, MessageId, ThreadId, WorkflowRun};
+use tandem_model::{MessageId, ThreadId};
 use tandem_store::{Store, StoreError};
-use tandem_workflows::{Notifier, Registry, Signer};
+use tandem_workflows::{Registry, Signer};
 
 use crate::config::Config;
 use crate::hub::Hub;
@@ -88,68 +88,6 @@ pub async fn load_declarative(
         );
     }
     Ok(loaded.len())
-}
-
-/// Pushes the engine's changes to the hub's subscribers.
-impl Notifier for Hub {
-    fn run_changed(&self, run: &WorkflowRun) {
-        // The engine reports a run's end once, from the process that ended
-        // it (the commit of its last step, or the cancel).
-        if run.status.is_finished() {
-            self.metrics().run_finished(&run.name, run.status.as_str());
-            if run.name == REPLY_WORKFLOW
-                && let Some(outcome) = run
-                    .result
-                    .as_ref()
-                    .and_then(|r| r.get("outcome"))
-                    .and_then(|o| o.as_str())
-            {
-                self.metrics().reply_finished(outcome);
-            }
-        }
-        self.publish_workflow(run);
-    }
-
-    fn effect(&self, effect: &EffectOutput) {
-        match effect {
-            EffectOutput::Message(posted) => self.publish_posted(posted),
-            EffectOutput::Thread(thread) => self.publish_thread(thread),
-            EffectOutput::Item {
-                message,
-                item,
-                thread,
-            } => {
-                if let Some(posted) = message {
-                    self.publish_posted(posted);
-                }
-                self.publish_inbox(item);
-                if let Some(thread) = thread {
-                    self.publish_thread(thread);
-                }
-            }
-            EffectOutput::Expired {
-                expiry,
-                messages,
-                thread,
-                run_ready,
-            } => {
-                for posted in messages {
-                    self.publish_posted(posted);
-                }
-                if let Some(thread) = thread {
-                    self.publish_thread(thread);
-                }
-                if let Some(item) = &expiry.item {
-                    self.publish_inbox(item);
-                }
-                if *run_ready {
-                    self.wake_workflows();
-                }
-            }
-            // A reply that was not posted changed nothing.
-            EffectOutput::Skipped { .. } => {}
-        }
-    }
 }
 
 /// Streams the AI's text to the thread's subscribers as it is written.

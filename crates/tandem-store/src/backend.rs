@@ -22,6 +22,8 @@ use sqlx::sqlite::{
 use sqlx::{Connection, PgConnection, SqliteConnection};
 
 use crate::StoreError;
+use crate::changes::{Announcer, Change, ChangeSink, ChangeStream, Pending};
+use crate::queries::signals::CommitSignals;
 use sqlite_writer::SqliteWriter;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -119,6 +121,8 @@ struct Inner {
     /// `application_name`), unique per `Store`: change signals name the
     /// process that made the change.
     node: String,
+    /// Where committed changes go (see [`crate::changes`]).
+    changes: ChangeStream,
 }
 
 enum Backend {
@@ -128,22 +132,58 @@ enum Backend {
     },
     Postgres {
         pool: PgPool,
+        announcer: Announcer,
+        /// Tells the other processes what this one committed.
+        signals: CommitSignals,
     },
 }
 
-/// A connection inside a write transaction, on either backend.
-pub(crate) enum Tx<'c> {
+/// A connection inside a write transaction, on either backend, and the
+/// changes the transaction has made so far (see [`crate::changes`]).
+pub(crate) struct Tx<'c> {
+    pub(crate) conn: Conn<'c>,
+    changes: &'c mut Pending,
+}
+
+/// The connection of a [`Tx`].
+pub(crate) enum Conn<'c> {
     Sqlite(&'c mut SqliteConnection),
     Postgres(&'c mut PgConnection),
 }
 
-impl Tx<'_> {
-    /// A shorter-lived handle on the same connection, to lend to a callee.
+impl<'c> Tx<'c> {
+    pub(crate) fn new(conn: Conn<'c>, changes: &'c mut Pending) -> Self {
+        Self { conn, changes }
+    }
+
+    /// A shorter-lived handle on the same transaction, to lend to a callee.
     pub(crate) fn reborrow(&mut self) -> Tx<'_> {
-        match self {
-            Tx::Sqlite(conn) => Tx::Sqlite(conn),
-            Tx::Postgres(conn) => Tx::Postgres(conn),
+        let conn = match &mut self.conn {
+            Conn::Sqlite(conn) => Conn::Sqlite(conn),
+            Conn::Postgres(conn) => Conn::Postgres(conn),
+        };
+        Tx {
+            conn,
+            changes: self.changes,
         }
+    }
+
+    /// Records a change this transaction makes, announced once it commits.
+    /// Every statement that changes what subscribers see emits its change
+    /// where it runs, so no caller has to remember to.
+    pub(crate) fn emit(&mut self, change: Change) {
+        self.changes.push(change);
+    }
+
+    /// Records several changes, in order.
+    pub(crate) fn emit_all(&mut self, changes: impl IntoIterator<Item = Change>) {
+        for change in changes {
+            self.changes.push(change);
+        }
+    }
+
+    pub(crate) fn is_postgres(&self) -> bool {
+        matches!(self.conn, Conn::Postgres(_))
     }
 }
 
@@ -156,12 +196,12 @@ pub(crate) type Job<T> =
 /// Inside `$body`, `$c` is `&mut SqliteConnection` or `&mut PgConnection`.
 macro_rules! on_conn {
     ($tx:expr, $c:ident => $body:expr) => {
-        match $tx {
-            $crate::backend::Tx::Sqlite(conn) => {
+        match &mut ($tx).conn {
+            $crate::backend::Conn::Sqlite(conn) => {
                 let $c: &mut ::sqlx::SqliteConnection = &mut **conn;
                 $body
             }
-            $crate::backend::Tx::Postgres(conn) => {
+            $crate::backend::Conn::Postgres(conn) => {
                 let $c: &mut ::sqlx::PgConnection = &mut **conn;
                 $body
             }
@@ -191,6 +231,7 @@ impl Store {
     pub async fn connect(options: &DatabaseOptions) -> Result<Self, StoreError> {
         let url = options.url.trim();
         let node = format!("tandem/{}", uuid::Uuid::now_v7().simple());
+        let (changes, announcer) = ChangeStream::start();
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let mut connect = PgConnectOptions::from_str(url)?.application_name(&node);
             if let Some(schema) = &options.schema {
@@ -201,7 +242,13 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(connect)
                 .await?;
-            Backend::Postgres { pool }
+            let signals = CommitSignals::start(pool.clone(), node.clone());
+            changes.subscribe(Arc::new(signals.clone()));
+            Backend::Postgres {
+                pool,
+                announcer,
+                signals,
+            }
         } else {
             let path = url
                 .strip_prefix("sqlite://")
@@ -224,8 +271,12 @@ impl Store {
                 .await?;
             let writer_conn = SqliteConnection::connect_with(&connect).await?;
             let checkpoint_conn = SqliteConnection::connect_with(&connect).await?;
-            let writer =
-                SqliteWriter::spawn(writer_conn, checkpoint_conn, options.max_batch.max(1))?;
+            let writer = SqliteWriter::spawn(
+                writer_conn,
+                checkpoint_conn,
+                options.max_batch.max(1),
+                announcer,
+            )?;
             Backend::Sqlite { readers, writer }
         };
         Ok(Self {
@@ -236,6 +287,7 @@ impl Store {
                     .time_to_live(TOKEN_CACHE_TTL)
                     .build(),
                 node,
+                changes,
             }),
         })
     }
@@ -244,7 +296,7 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match &self.inner.backend {
             Backend::Sqlite { readers, .. } => SQLITE_MIGRATIONS.run(readers).await?,
-            Backend::Postgres { pool } => POSTGRES_MIGRATIONS.run(pool).await?,
+            Backend::Postgres { pool, .. } => POSTGRES_MIGRATIONS.run(pool).await?,
         }
         Ok(())
     }
@@ -271,14 +323,22 @@ impl Store {
         }
     }
 
-    /// Finishes the writes already queued, then closes every connection.
+    /// Finishes the writes already queued and announces their changes,
+    /// then closes every connection.
     pub async fn close(&self) {
         match &self.inner.backend {
             Backend::Sqlite { readers, writer } => {
                 writer.shutdown().await;
                 readers.close().await;
+                self.changes_delivered().await;
             }
-            Backend::Postgres { pool } => pool.close().await,
+            Backend::Postgres { pool, signals, .. } => {
+                // The last commits reach the sinks and the other processes
+                // while the pool can still send their signal.
+                self.changes_delivered().await;
+                signals.flushed().await;
+                pool.close().await;
+            }
         }
     }
 
@@ -294,40 +354,80 @@ impl Store {
     pub(crate) fn pool(&self) -> Pool<'_> {
         match &self.inner.backend {
             Backend::Sqlite { readers, .. } => Pool::Sqlite(readers),
-            Backend::Postgres { pool } => Pool::Postgres(pool),
+            Backend::Postgres { pool, .. } => Pool::Postgres(pool),
         }
     }
 
-    /// Runs `job` in a write transaction and returns its value once committed.
+    /// Adds a consumer of the change stream: from now on it gets every
+    /// change this process commits, in commit order. The store holds the
+    /// sink for as long as it lives, so a sink that holds the store (the
+    /// hub, the engine) should hold its owner weakly.
+    pub fn subscribe(&self, sink: Arc<dyn ChangeSink>) {
+        self.inner.changes.subscribe(sink);
+    }
+
+    /// Resolves once every change committed before the call has been
+    /// handed to every sink.
+    pub async fn changes_delivered(&self) {
+        self.inner.changes.delivered().await;
+    }
+
+    /// Runs `job` in a write transaction and returns its value once
+    /// committed; the changes the job emitted are announced after the
+    /// commit, whatever becomes of the caller.
     pub(crate) async fn write<T: Send + 'static>(&self, job: Job<T>) -> Result<T, StoreError> {
         match &self.inner.backend {
             Backend::Sqlite { writer, .. } => writer.submit(job).await,
-            Backend::Postgres { pool } => {
-                const ATTEMPTS: u32 = 5;
-                let mut attempt = 1;
-                loop {
-                    let mut tx = pool.begin().await?;
-                    match job(Tx::Postgres(&mut tx)).await {
-                        Ok(value) => match tx.commit().await {
-                            Ok(()) => return Ok(value),
-                            Err(e) => {
-                                let e = StoreError::from(e);
-                                if !(e.is_retryable() && attempt < ATTEMPTS) {
-                                    return Err(e);
-                                }
-                            }
-                        },
-                        Err(e) => {
-                            tx.rollback().await?;
-                            if !(e.is_retryable() && attempt < ATTEMPTS) {
-                                return Err(e);
-                            }
-                        }
-                    }
-                    attempt += 1;
+            Backend::Postgres {
+                pool, announcer, ..
+            } => {
+                // A task of its own, so that a caller that goes away after
+                // the commit cannot keep its changes from being announced.
+                let task = tokio::spawn(write_postgres(pool.clone(), announcer.clone(), job));
+                match task.await {
+                    Ok(result) => result,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => Err(StoreError::Closed),
                 }
             }
         }
+    }
+}
+
+/// One write on PostgreSQL: a transaction, retried on serialization
+/// failures and deadlocks, whose changes are announced once it commits.
+async fn write_postgres<T>(
+    pool: PgPool,
+    announcer: Announcer,
+    job: Job<T>,
+) -> Result<T, StoreError> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    let mut changes = Pending::default();
+    loop {
+        changes.clear();
+        let mut tx = pool.begin().await?;
+        match job(Tx::new(Conn::Postgres(&mut tx), &mut changes)).await {
+            Ok(value) => match tx.commit().await {
+                Ok(()) => {
+                    announcer.committed(changes.take());
+                    return Ok(value);
+                }
+                Err(e) => {
+                    let e = StoreError::from(e);
+                    if !(e.is_retryable() && attempt < ATTEMPTS) {
+                        return Err(e);
+                    }
+                }
+            },
+            Err(e) => {
+                tx.rollback().await?;
+                if !(e.is_retryable() && attempt < ATTEMPTS) {
+                    return Err(e);
+                }
+            }
+        }
+        attempt += 1;
     }
 }
 

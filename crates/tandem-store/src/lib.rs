@@ -13,6 +13,10 @@
 //!
 //! - [`backend`]: connecting, migrating, and the write path that every change
 //!   takes: a transaction on PostgreSQL, a group commit on SQLite.
+//! - [`changes`]: the change stream: each write emits a typed [`Change`] for
+//!   every row it changes that someone may need to hear of, and after the
+//!   commit the write path hands them to every [`ChangeSink`] (the hub, the
+//!   engine, the desk, metrics), in commit order.
 //! - [`queries`]: `impl Store` split by topic (threads, messages, tokens,
 //!   idempotency records, assignments and their history, inbox items and
 //!   their resolutions, WebSocket tickets, workflow runs and their journal,
@@ -25,14 +29,16 @@
 //!   suite so that each runs on SQLite and PostgreSQL alike.
 
 pub mod backend;
+pub mod changes;
 pub mod error;
 pub mod queries;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
 pub use backend::{DatabaseOptions, Store, Synchronous};
+pub use changes::{Change, ChangeSink, RunChange, ThreadChange};
 pub use error::StoreError;
 pub use queries::idempotency::{IdempotencyKey, Written};
-pub use queries::signals::{SIGNAL_CHANNEL, SignalListener};
+pub use queries::signals::{Commits, SIGNAL_CHANNEL, SignalListener};
 pub use queries::tickets::WsTicket;
 pub use queries::workflows::{ClaimRequest, NewEvent, StepCommit, micros};

@@ -757,12 +757,6 @@ impl Context {
             // again at once, and nobody else knows.
             core.poke(&self.shared.run.name);
         }
-        if committed.changed {
-            core.notifier.run_changed(&committed.run);
-        }
-        if let Some(effect) = &committed.effect {
-            core.notifier.effect(effect);
-        }
         Ok(committed)
     }
 

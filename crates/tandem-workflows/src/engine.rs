@@ -10,11 +10,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tandem_model::{
-    ClaimedRun, DeliveredEvent, EffectOutput, EventSource, JournalEntry, NewRun, RunId,
-    WorkflowEvent, WorkflowRun,
+    ClaimedRun, DeliveredEvent, EventSource, JournalEntry, NewRun, RunId, RunStatus, WorkflowEvent,
+    WorkflowRun,
 };
 use tandem_store::backend::BackendKind;
-use tandem_store::{ClaimRequest, IdempotencyKey, NewEvent, Store, StoreError, Written, micros};
+use tandem_store::{
+    Change, ChangeSink, ClaimRequest, IdempotencyKey, NewEvent, RunChange, Store, StoreError,
+    Written, micros,
+};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,23 +61,6 @@ impl Default for EngineConfig {
     }
 }
 
-/// Told of every change an engine makes, to push it to subscribers.
-pub trait Notifier: Send + Sync + 'static {
-    /// A run's status or wake-up time changed.
-    fn run_changed(&self, run: &WorkflowRun);
-    /// A step's store effect committed (a message posted, a thread assigned).
-    fn effect(&self, effect: &EffectOutput);
-}
-
-/// A notifier that tells nobody.
-#[derive(Debug, Default)]
-pub struct Silent;
-
-impl Notifier for Silent {
-    fn run_changed(&self, _: &WorkflowRun) {}
-    fn effect(&self, _: &EffectOutput) {}
-}
-
 /// A run's whole state, as `GET /v1/workflows/{id}` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunState {
@@ -97,7 +83,6 @@ pub(crate) struct Core {
     pub(crate) store: Store,
     pub(crate) registry: Registry,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) notifier: Arc<dyn Notifier>,
     pub(crate) signer: Signer,
     pub(crate) config: RuntimeConfig,
     pools: HashMap<String, Arc<Semaphore>>,
@@ -122,6 +107,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Core {
+    /// See [`Engine::lease_for`].
+    fn lease_for(&self, name: &str) -> Option<(String, i64)> {
+        self.has_room(name)
+            .then(|| (self.store.node().to_owned(), self.lease_until()))
+    }
+
     /// The end of a lease taken or renewed now (µs, wall clock).
     pub(crate) fn lease_until(&self) -> i64 {
         micros(Utc::now()) + self.config.lease_ttl.as_micros() as i64
@@ -142,10 +133,61 @@ impl Core {
     /// A slot to execute a run of `name` at once, when there is one and no
     /// queued run is waiting for it (queued runs start in order).
     fn fast_path(&self, name: &str) -> Option<OwnedSemaphorePermit> {
-        if self.shutdown.is_cancelled() || lock(&self.backlog).contains(name) {
+        if !self.has_room(name) {
             return None;
         }
         self.pool(name)?.clone().try_acquire_owned().ok()
+    }
+
+    /// Whether a run of `name` created now could start at once here: what
+    /// decides whether to lease it to this process as it is created.
+    fn has_room(&self, name: &str) -> bool {
+        !self.shutdown.is_cancelled()
+            && !lock(&self.backlog).contains(name)
+            && self
+                .pool(name)
+                .is_some_and(|pool| pool.available_permits() > 0)
+    }
+
+    /// Executes a run created leased to this process, or gives it back to
+    /// the queue when the pool filled up meanwhile.
+    fn start_leased(self: &Arc<Self>, run: &WorkflowRun) {
+        if self.shutdown.is_cancelled() || lock(&self.active).contains_key(&run.id) {
+            return;
+        }
+        let lease = tandem_model::Lease {
+            run_id: run.id,
+            owner: self.store.node().to_owned(),
+            generation: run.generation,
+        };
+        // Whoever leased a run this process cannot execute knows why.
+        let Some(pool) = self
+            .registry
+            .get(&run.name, &run.version)
+            .and_then(|_| self.pool(&run.name))
+        else {
+            return;
+        };
+        match pool.clone().try_acquire_owned().ok() {
+            Some(permit) => {
+                let claimed = ClaimedRun {
+                    run: run.clone(),
+                    lease,
+                    finalize: false,
+                };
+                self.spawn(claimed, permit, true);
+            }
+            None => {
+                let core = self.clone();
+                let name = run.name.clone();
+                self.tasks.spawn(async move {
+                    if let Err(error) = core.store.release_lease(&lease, None).await {
+                        tracing::warn!(%error, "workflows: giving back a run without room failed");
+                    }
+                    core.poke(&name);
+                });
+            }
+        }
     }
 
     /// Something of workflow `name` became due: wake the dispatcher.
@@ -194,7 +236,6 @@ impl Engine {
         registry: Registry,
         config: &EngineConfig,
         clock: Arc<dyn Clock>,
-        notifier: Arc<dyn Notifier>,
         signer: Signer,
     ) -> Self {
         let pools = registry
@@ -214,7 +255,6 @@ impl Engine {
                 store,
                 registry,
                 clock,
-                notifier,
                 signer,
                 config: RuntimeConfig {
                     lease_ttl: Duration::from_secs(config.lease_secs.max(1)),
@@ -243,9 +283,11 @@ impl Engine {
         &self.core.clock
     }
 
-    /// Starts the dispatcher. On SQLite, one process owns the database, so
-    /// leases left by an earlier process are freed first: its runs resume
-    /// at once.
+    /// Starts the dispatcher, and follows the store's change stream: runs
+    /// created leased to this process start, runs that became due wake the
+    /// dispatcher, and cancelled or paused runs executing here stop. On
+    /// SQLite, one process owns the database, so leases left by an earlier
+    /// process are freed first: its runs resume at once.
     pub async fn start(&self) -> Result<(), EngineError> {
         if self.core.store.kind() == BackendKind::Sqlite {
             let freed = self.core.store.release_all_leases().await?;
@@ -256,6 +298,9 @@ impl Engine {
                 );
             }
         }
+        self.core.store.subscribe(Arc::new(FollowChanges {
+            core: Arc::downgrade(&self.core),
+        }));
         self.core.tasks.spawn(dispatch(self.core.clone()));
         Ok(())
     }
@@ -305,41 +350,39 @@ impl Engine {
         if let Some(check) = &def.check_args {
             check(&args).map_err(EngineError::InvalidArgs)?;
         }
-        let permit = core.fast_path(name);
-        let claim_for = permit
-            .as_ref()
-            .map(|_| (core.store.node().to_owned(), core.lease_until()));
         let new = NewRun {
             name: def.name.clone(),
             version: def.version.clone(),
             args,
             has_on_complete: def.on_complete.is_some(),
         };
-        let written = core
+        // Leased to this process when it has room: the change stream then
+        // starts it (see `FollowChanges`), with no claim of its own.
+        Ok(core
             .store
-            .create_run(new, core.now(), claim_for, idempotency)
-            .await?;
-        if written.replayed {
-            return Ok(written);
-        }
-        core.notifier.run_changed(&written.value);
-        match permit {
-            Some(permit) => {
-                let lease = tandem_model::Lease {
-                    run_id: written.value.id,
-                    owner: core.store.node().to_owned(),
-                    generation: written.value.generation,
-                };
-                let claimed = ClaimedRun {
-                    run: written.value.clone(),
-                    lease,
-                    finalize: false,
-                };
-                core.spawn(claimed, permit, true);
-            }
-            None => core.poke(name),
-        }
-        Ok(written)
+            .create_run(new, core.now(), core.lease_for(name), idempotency)
+            .await?)
+    }
+
+    /// How to lease a run of `name` created now: to this process, when it
+    /// has room for it (the change stream then starts it here at once), or
+    /// to nobody (the dispatchers claim it). For a write that creates a run
+    /// in its own transaction, such as a customer message and its reply.
+    pub fn lease_for(&self, name: &str) -> Option<(String, i64)> {
+        self.core.lease_for(name)
+    }
+
+    /// The version runs of `name` start on now, if it is registered.
+    pub fn current_version(&self, name: &str) -> Option<String> {
+        self.core
+            .registry
+            .current(name)
+            .map(|def| def.version.clone())
+    }
+
+    /// The workflow clock's now (µs).
+    pub fn now_micros(&self) -> i64 {
+        self.core.now()
     }
 
     /// A run's whole state: the run, its journal and its events.
@@ -398,9 +441,6 @@ impl Engine {
         if delivered.duplicate {
             return Ok(delivered);
         }
-        if delivered.run.status != run.status {
-            core.notifier.run_changed(&delivered.run);
-        }
         match (&delivered.claimed, permit) {
             (Some(lease), Some(permit)) => {
                 let claimed = ClaimedRun {
@@ -418,30 +458,21 @@ impl Engine {
         Ok(delivered)
     }
 
-    /// Pauses a run: it stops before its next step.
+    /// Pauses a run: it stops before its next step (wherever it executes:
+    /// see [`Engine::start`]).
     pub async fn pause(&self, id: RunId) -> Result<WorkflowRun, EngineError> {
-        let run = self.core.store.pause_run(id).await?;
-        self.core.tell(id, Control::Stop);
-        self.core.notifier.run_changed(&run);
-        Ok(run)
+        Ok(self.core.store.pause_run(id).await?)
     }
 
     /// Resumes a paused run where it stopped.
     pub async fn resume(&self, id: RunId) -> Result<WorkflowRun, EngineError> {
-        let run = self.core.store.resume_run(id, self.core.now()).await?;
-        self.core.notifier.run_changed(&run);
-        self.core.poke(&run.name);
-        Ok(run)
+        Ok(self.core.store.resume_run(id, self.core.now()).await?)
     }
 
-    /// Cancels a run; an action in flight here is dropped, and the
-    /// on-complete handler, if any, gets the cancellation.
+    /// Cancels a run; an action in flight is dropped, and the on-complete
+    /// handler, if any, gets the cancellation.
     pub async fn cancel(&self, id: RunId) -> Result<WorkflowRun, EngineError> {
-        let run = self.core.store.cancel_run(id, self.core.now()).await?;
-        self.core.tell(id, Control::Abort);
-        self.core.notifier.run_changed(&run);
-        self.core.poke(&run.name);
-        Ok(run)
+        Ok(self.core.store.cancel_run(id, self.core.now()).await?)
     }
 }
 
@@ -510,9 +541,6 @@ async fn claim_due(
             core.store.release_lease(&run.lease, None).await?;
             continue;
         };
-        if !run.finalize {
-            core.notifier.run_changed(&run.run);
-        }
         core.spawn(run, permit, false);
     }
     if full {
@@ -523,4 +551,45 @@ async fn claim_due(
     core.store
         .next_ready_at(name, versions, micros(Utc::now()))
         .await
+}
+
+/// The engine's view of the change stream (held weakly: the store holds
+/// its sinks, and the engine holds the store).
+struct FollowChanges {
+    core: std::sync::Weak<Core>,
+}
+
+impl ChangeSink for FollowChanges {
+    fn apply(&self, changes: &[Change]) {
+        let Some(core) = self.core.upgrade() else {
+            return;
+        };
+        let node = core.store.node();
+        let now = core.clock.now();
+        for change in changes {
+            let Change::Run { run, kind } = change else {
+                continue;
+            };
+            match run.status {
+                RunStatus::Running
+                    if *kind == RunChange::Created && run.held_by.as_deref() == Some(node) =>
+                {
+                    core.start_leased(run);
+                }
+                // Due now, and nobody holds it: the dispatcher takes it.
+                RunStatus::Running
+                    if run.held_by.is_none() && run.wake_at.is_none_or(|at| at <= now) =>
+                {
+                    core.poke(&run.name)
+                }
+                RunStatus::Paused => core.tell(run.id, Control::Stop),
+                RunStatus::Cancelled => {
+                    core.tell(run.id, Control::Abort);
+                    // Its on-complete handler, if any, is due.
+                    core.poke(&run.name);
+                }
+                _ => {}
+            }
+        }
+    }
 }

@@ -36,7 +36,7 @@ pub mod signing;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::{Context, StepInfo, Wakeup};
 pub use declarative::{DefinitionError, LoadedDefinition, load_definitions};
-pub use engine::{Engine, EngineConfig, Notifier, RunState, Silent};
+pub use engine::{Engine, EngineConfig, RunState};
 pub use error::{ActionError, EngineError, StepError};
 pub use registry::{End, Outcome, Registry, WorkflowDef};
 pub use retry::RetryPolicy;

@@ -139,7 +139,6 @@ async fn configure(
             default_capacity,
         )
         .await?;
-    state.desk.kick();
     Ok(Json(agent))
 }
 
@@ -172,12 +171,6 @@ async fn set_presence(
         .store
         .set_presence(&name, request.presence, default_capacity)
         .await?;
-    for item in &change.released {
-        state.hub.publish_inbox(item);
-    }
-    if request.presence == Presence::Online {
-        state.desk.kick();
-    }
     Ok(Json(change.agent))
 }
 

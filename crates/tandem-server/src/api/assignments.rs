@@ -57,7 +57,6 @@ async fn put_assignment(
     let new = check(&principal, id, request)?;
     let takeover = new.assigned_to == AssignedTo::Human;
     let thread = state.store.assign_thread(new).await?;
-    state.hub.publish_thread(&thread);
     if takeover {
         stop_replies(&state, id).await;
     }

@@ -195,9 +195,9 @@ async fn claim(
     ApiPath(ItemPath { id }): ApiPath<ItemPath>,
 ) -> Result<Json<InboxItem>, ApiError> {
     let actor = actor(&principal)?;
-    let item = state.store.claim_inbox_item(item_id(&id)?, &actor).await?;
-    state.hub.publish_inbox(&item);
-    Ok(Json(item))
+    Ok(Json(
+        state.store.claim_inbox_item(item_id(&id)?, &actor).await?,
+    ))
 }
 
 /// Gives a claimed item back to the queue: by the agent who holds it, or
@@ -214,11 +214,7 @@ async fn release(
         .release_inbox_item(item_id(&id)?, &actor)
         .await?
     {
-        Release::Released(item) => {
-            state.hub.publish_inbox(&item);
-            Ok(Json(item))
-        }
-        Release::NotClaimed(item) => Ok(Json(item)),
+        Release::Released(item) | Release::NotClaimed(item) => Ok(Json(item)),
         Release::HeldByOther { holder } => Err(ApiError::forbidden(
             "not_your_claim",
             format!("inbox item {id} is claimed by {holder}"),
@@ -261,7 +257,7 @@ async fn answer(
         .store
         .answer(id, request.text, by, now(&state))
         .await?;
-    Ok(Json(announce(&state, resolved)))
+    Ok(Json(Resolution::from(resolved)))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -289,7 +285,7 @@ async fn approve(
         .store
         .approve_draft(id, request.text, by, now(&state))
         .await?;
-    Ok(Json(announce(&state, resolved)))
+    Ok(Json(Resolution::from(resolved)))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -316,7 +312,7 @@ async fn reject(
         .store
         .reject_draft(id, request.review, by, now(&state))
         .await?;
-    Ok(Json(announce(&state, resolved)))
+    Ok(Json(Resolution::from(resolved)))
 }
 
 /// Now on the workflow clock, when the waiting run becomes due.
@@ -341,21 +337,11 @@ fn check_text(state: &AppState, field: &str, text: &str) -> Result<(), ApiError>
     Ok(())
 }
 
-/// Pushes what a resolution changed, and wakes the run that waited on it.
-fn announce(state: &AppState, resolved: Resolved) -> Resolution {
-    // A posted message's reopened thread is the resolution's thread; the
-    // item goes last, in its final state.
-    match (&resolved.message, &resolved.thread) {
-        (Some(posted), _) => state.hub.publish_posted(posted),
-        (None, Some(thread)) => state.hub.publish_thread(thread),
-        (None, None) => {}
-    }
-    state.hub.publish_inbox(&resolved.item);
-    if resolved.run_ready {
-        state.workflows.wake();
-    }
-    Resolution {
-        item: resolved.item,
-        message: resolved.message.map(|p| p.message),
+impl From<Resolved> for Resolution {
+    fn from(resolved: Resolved) -> Self {
+        Resolution {
+            item: resolved.item,
+            message: resolved.message,
+        }
     }
 }

@@ -61,31 +61,13 @@ async fn post_message(
         &request,
     );
     let new = rules::new_message(&principal, id, request, &state.config.limits)?;
-    let (store, hub) = (state.store.clone(), state.hub.clone());
-    let replies = state.replies.then(|| state.workflows.clone());
-    // The commit, its publication and the start of its reply finish
-    // together even if the client hangs up half-way: subscribers never wait
-    // for a message that was stored, and no customer message goes unrouted.
-    let written = tokio::spawn(async move {
-        let written = store.post_message(new, idempotency).await?;
-        let message = &written.value.message;
-        // With the thread it reopened and the inbox items a human's reply
-        // answered.
-        hub.publish_posted(&written.value);
-        // A replayed POST starts the run again: it is keyed by the message,
-        // so this is a no-op unless the first attempt died before it.
-        if let Some(engine) = replies
-            && message.role == Role::User
-            && message.status == MessageStatus::Published
-        {
-            crate::replies::start(&engine, message).await;
-        }
-        Ok::<_, tandem_store::StoreError>(written)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("posting task failed: {e}")))??;
+    let reply_run = crate::replies::reply_run(&state, &new);
+    let written = state
+        .store
+        .post_message(new, reply_run, idempotency)
+        .await?;
     Ok(Created {
-        value: written.value.message,
+        value: written.value,
         replayed: written.replayed,
     })
 }

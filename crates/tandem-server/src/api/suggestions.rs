@@ -171,17 +171,7 @@ async fn suggest(
         requested_by,
         instructions,
     };
-    let hub = state.hub.clone();
-    // Stored and pushed together even if the client hangs up meanwhile, so
-    // that no stored suggestion is missing from a staff subscriber's feed.
-    let made = tokio::spawn(async move {
-        let message = copilot.suggest(&request).await?;
-        hub.publish_message(&message);
-        Ok::<_, CopilotError>(message)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("suggestion task failed: {e}")))?;
-    match made {
+    match copilot.suggest(&request).await {
         Ok(message) => Ok(Created {
             value: message,
             replayed: false,
@@ -273,32 +263,21 @@ async fn send(
     let mut new = rules::new_message(&principal, id, post, &state.config.limits)?;
     // Reserved: only this route marks a reply as a sent suggestion.
     new.metadata[SUGGESTION] = json!({"id": suggestion.id, "edited": edited});
-    let (store, hub) = (state.store.clone(), state.hub.clone());
-    // As in `POST /messages`: the commit and its publication finish
-    // together even if the client hangs up half-way.
-    let written = tokio::spawn(async move {
-        let written = store
-            .post_message(new, Some(copilot::sent_key(suggestion_id)))
-            .await?;
-        if !written.replayed {
-            // With the thread's handoffs the reply answered.
-            hub.publish_posted(&written.value);
-        }
-        Ok::<_, StoreError>(written)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("sending task failed: {e}")))??;
+    let written = state
+        .store
+        .post_message(new, None, Some(copilot::sent_key(suggestion_id)))
+        .await?;
     if written.replayed {
         return Err(ApiError::Conflict {
             code: "suggestion_sent",
             message: format!(
                 "suggestion {suggestion_id} was already sent (message {})",
-                written.value.message.id
+                written.value.id
             ),
         });
     }
     Ok(Created {
-        value: written.value.message,
+        value: written.value,
         replayed: false,
     })
 }

@@ -200,9 +200,7 @@ async fn patch_thread(
         status: request.status,
         metadata: request.metadata.map(Value::Object),
     };
-    let thread = state.store.update_thread(id, patch).await?;
-    state.hub.publish_thread(&thread);
-    Ok(Json(thread))
+    Ok(Json(state.store.update_thread(id, patch).await?))
 }
 
 fn check_title(title: Option<String>) -> Result<Option<String>, ApiError> {

@@ -321,3 +321,28 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         .inc();
     response
 }
+
+/// Counts the runs this process ends, from the store's change stream: a
+/// run's end is committed once, by the process that ends it.
+impl tandem_store::ChangeSink for Metrics {
+    fn apply(&self, changes: &[tandem_store::Change]) {
+        for change in changes {
+            let tandem_store::Change::Run { run, .. } = change else {
+                continue;
+            };
+            if !run.status.is_finished() {
+                continue;
+            }
+            self.run_finished(&run.name, run.status.as_str());
+            if run.name == tandem_model::names::REPLY_WORKFLOW
+                && let Some(outcome) = run
+                    .result
+                    .as_ref()
+                    .and_then(|r| r.get("outcome"))
+                    .and_then(|o| o.as_str())
+            {
+                self.reply_finished(outcome);
+            }
+        }
+    }
+}

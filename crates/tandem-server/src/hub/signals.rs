@@ -1,12 +1,13 @@
 //! Keeping several server processes in step on PostgreSQL.
 //!
-//! Triggers send a signal at every commit that adds a message or changes a
-//! thread, an inbox item, or a workflow run's status or wake-up time;
-//! processes send typing and presence themselves.
-//! A signal only says what changed: the hub re-reads rows from the tables, so
-//! a signal lost while the listener reconnects loses nothing. After every
+//! Each process's store tells the others what it committed, in batches
+//! sent after the commits (see `tandem_store::queries::signals`); the hub
+//! sends typing, presence and streamed text, which are never stored. A signal only says what changed: the hub re-reads the
+//! rows, so a signal lost (the listener reconnecting, or a process killed
+//! between its commit and its signal) loses nothing but time: after every
 //! (re)connection, and every `poll_interval_secs` as a safety net, every
-//! subscribed thread is checked against the table.
+//! subscribed thread is checked against the table, and inbox items changed
+//! since the last check are read again.
 
 use std::time::Duration;
 
@@ -41,15 +42,8 @@ pub(super) struct Signal {
     agents: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     delta: Option<DeltaSignal>,
-}
-
-/// Streamed AI text, for the subscribers of other processes.
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) struct DeltaSignal {
-    pub message_id: tandem_model::MessageId,
-    pub text: String,
-    #[serde(default)]
-    pub reset: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    commits: Option<tandem_store::Commits>,
 }
 
 impl Signal {
@@ -62,6 +56,7 @@ impl Signal {
             who: Some(who),
             agents: None,
             delta: None,
+            commits: None,
         }
     }
 
@@ -74,6 +69,7 @@ impl Signal {
             who: None,
             agents: Some(agents),
             delta: None,
+            commits: None,
         }
     }
 
@@ -86,8 +82,18 @@ impl Signal {
             who: None,
             agents: None,
             delta: Some(delta),
+            commits: None,
         }
     }
+}
+
+/// Streamed AI text, for the subscribers of other processes.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct DeltaSignal {
+    pub message_id: tandem_model::MessageId,
+    pub text: String,
+    #[serde(default)]
+    pub reset: bool,
 }
 
 impl Hub {
@@ -117,44 +123,9 @@ impl Hub {
         }
         let thread_id = ThreadId(signal.id);
         match signal.kind.as_str() {
-            "message" => {
-                let Some(feed) = self.feed(thread_id) else {
-                    return;
-                };
-                let mut state = feed.lock();
-                state.wanted = state.wanted.max(signal.seq.unwrap_or(0));
-                self.ensure_fetch(&feed, &mut state);
-            }
-            "thread" => {
-                if !self.watches_thread(thread_id) {
-                    return;
-                }
-                match self.inner.store.get_thread(thread_id, None).await {
-                    Ok(Some(thread)) => self.publish_thread(&thread),
-                    Ok(None) => {}
-                    Err(error) => tracing::warn!(%error, "hub: reading a changed thread failed"),
-                }
-            }
-            "inbox" => {
-                if lock(&self.inner.inbox).subscribers.is_empty() {
-                    return;
-                }
-                let id = tandem_model::InboxItemId(signal.id);
-                match self.inner.store.get_inbox_item(id).await {
-                    Ok(Some(item)) => self.publish_inbox(&item),
-                    Ok(None) => {}
-                    Err(error) => tracing::warn!(%error, "hub: reading a changed item failed"),
-                }
-            }
-            "workflow" => {
-                // Another process's run may have become due here.
-                let waker = lock(&self.inner.workflow_waker).clone();
-                if let Some(wake) = waker {
-                    wake();
-                }
-                let run_id = tandem_model::RunId(signal.id);
-                if self.watches_run(run_id) {
-                    self.reread_run(run_id).await;
+            "commits" => {
+                if let Some(commits) = signal.commits {
+                    self.on_commits(commits).await;
                 }
             }
             "typing" => {
@@ -171,6 +142,59 @@ impl Hub {
                 self.remote_presence(thread_id, signal.node, signal.agents.unwrap_or_default())
             }
             other => tracing::debug!(kind = other, "hub: ignoring a signal of unknown kind"),
+        }
+    }
+
+    /// Another process's commits: new messages are read by the feeds that
+    /// miss them, changed rows are read again for whoever watches them.
+    async fn on_commits(&self, commits: tandem_store::Commits) {
+        for (thread, seq) in commits.messages {
+            if let Some(feed) = self.feed(ThreadId(thread)) {
+                let mut state = feed.lock();
+                state.wanted = state.wanted.max(seq);
+                self.ensure_fetch(&feed, &mut state);
+            }
+        }
+        for thread in commits.threads {
+            let thread_id = ThreadId(thread);
+            if !self.watches_thread(thread_id) {
+                continue;
+            }
+            match self.inner.store.get_thread(thread_id, None).await {
+                Ok(Some(thread)) => self.publish_thread(&thread),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "hub: reading a changed thread failed"),
+            }
+        }
+        for item in commits.items {
+            self.reread_item(tandem_model::InboxItemId(item)).await;
+        }
+        if !commits.runs.is_empty() {
+            // Another process's run may have become due here.
+            self.wake_workflows();
+        }
+        for run in commits.runs {
+            let run_id = tandem_model::RunId(run);
+            if self.watches_run(run_id) {
+                self.reread_run(run_id).await;
+            }
+        }
+    }
+
+    /// Reads an item another process changed, for this process's `inbox`
+    /// subscribers and, when it waits for an agent, the desk.
+    async fn reread_item(&self, id: tandem_model::InboxItemId) {
+        match self.inner.store.get_inbox_item(id).await {
+            Ok(Some(item)) => {
+                if item.status == tandem_model::InboxStatus::Open {
+                    self.wake_desk();
+                }
+                if !lock(&self.inner.inbox).subscribers.is_empty() {
+                    self.publish_inbox(&item);
+                }
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "hub: reading a changed item failed"),
         }
     }
 
@@ -201,6 +225,46 @@ impl Hub {
                 state.wanted = state.wanted.max(last_seq);
                 self.ensure_fetch(&feed, &mut state);
             }
+        }
+    }
+
+    /// Sends `inbox` subscribers the items changed lately (within
+    /// `lookback` and a margin for clocks apart; the last hour after a
+    /// reconnection) that this process has not sent: changes whose signal
+    /// was lost.
+    async fn resync_inbox(&self, lookback: Option<Duration>) {
+        /// Clocks of the processes that stamp `updated_at` may be apart.
+        const MARGIN: Duration = Duration::from_secs(2);
+        /// Most items one look reads.
+        const LIMIT: u32 = 5_000;
+        if lock(&self.inner.inbox).subscribers.is_empty() {
+            return;
+        }
+        let lookback = lookback.map_or(Duration::from_secs(3_600), |l| l + MARGIN);
+        let since = chrono::Utc::now()
+            - chrono::Duration::from_std(lookback).unwrap_or_else(|_| chrono::Duration::zero());
+        let items = match self
+            .inner
+            .store
+            .inbox_items_changed_since(since, LIMIT)
+            .await
+        {
+            Ok(items) => items,
+            Err(error) => {
+                tracing::warn!(%error, "hub: checking changed inbox items failed");
+                return;
+            }
+        };
+        let missed: Vec<_> = {
+            let mut inbox = lock(&self.inner.inbox);
+            inbox.sent.retain(|_, at| *at >= since);
+            items
+                .into_iter()
+                .filter(|item| inbox.sent.get(&item.id) != Some(&item.updated_at))
+                .collect()
+        };
+        for item in &missed {
+            self.publish_inbox(item);
         }
     }
 
@@ -284,6 +348,7 @@ pub(super) async fn run(hub: Hub) {
         // Whatever was committed while nobody listened is in the tables.
         hub.resync().await;
         hub.resync_runs().await;
+        hub.resync_inbox(None).await;
         let mut poll = tokio::time::interval(poll_every);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut presence = tokio::time::interval(PRESENCE_HEARTBEAT);
@@ -294,7 +359,10 @@ pub(super) async fn run(hub: Hub) {
                     Some(payload) => hub.on_signal(&payload).await,
                     None => break,
                 },
-                _ = poll.tick() => hub.resync().await,
+                _ = poll.tick() => {
+                    hub.resync().await;
+                    hub.resync_inbox(Some(poll_every)).await;
+                }
                 _ = presence.tick() => hub.repeat_presence().await,
                 _ = hub.inner.shutdown.cancelled() => {
                     reader.abort();

@@ -41,7 +41,7 @@ struct RunSubscriber {
 
 impl Hub {
     /// A run changed: send it to its subscribers here.
-    pub fn publish_workflow(&self, run: &WorkflowRun) {
+    pub(super) fn publish_workflow(&self, run: &WorkflowRun) {
         if !self.watches_run(run.id) {
             return;
         }

@@ -25,12 +25,16 @@ use futures::future::BoxFuture;
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Job, Tx};
+use super::{Conn, Job, Tx};
 use crate::StoreError;
+use crate::changes::{Announcer, Change, Pending};
 
 type Erased = Box<dyn Any + Send>;
 type Run = Box<
-    dyn for<'c> Fn(&'c mut SqliteConnection) -> BoxFuture<'c, Result<Erased, StoreError>>
+    dyn for<'c> Fn(
+            &'c mut SqliteConnection,
+            &'c mut Pending,
+        ) -> BoxFuture<'c, Result<Erased, StoreError>>
         + Send
         + Sync,
 >;
@@ -59,6 +63,7 @@ impl SqliteWriter {
         mut writer: SqliteConnection,
         checkpointer: SqliteConnection,
         max_batch: usize,
+        announcer: Announcer,
     ) -> Result<Self, StoreError> {
         // Bounded: when the disk cannot keep up, callers wait here instead of
         // piling up in memory.
@@ -77,7 +82,7 @@ impl SqliteWriter {
                         .await
                         .is_ok()
                     {
-                        run_writer(writer, receiver, max_batch).await;
+                        run_writer(writer, receiver, max_batch, announcer).await;
                     }
                     let _ = stop.send(());
                     let _ = checkpoints.await;
@@ -92,8 +97,8 @@ impl SqliteWriter {
 
     pub(super) async fn submit<T: Send + 'static>(&self, job: Job<T>) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
-        let run: Run = Box::new(move |conn| {
-            let outcome = job(Tx::Sqlite(conn));
+        let run: Run = Box::new(move |conn, changes| {
+            let outcome = job(Tx::new(Conn::Sqlite(conn), changes));
             Box::pin(async move { outcome.await.map(|v| Box::new(v) as Erased) })
         });
         let reply: Reply = Box::new(move |result| {
@@ -130,6 +135,7 @@ async fn run_writer(
     mut conn: SqliteConnection,
     mut receiver: mpsc::Receiver<Command>,
     max_batch: usize,
+    announcer: Announcer,
 ) {
     let mut batch: Vec<(Run, Reply)> = Vec::with_capacity(max_batch);
     while let Some(first) = receiver.recv().await {
@@ -148,7 +154,7 @@ async fn run_writer(
             }
         }
         if !batch.is_empty() {
-            commit_batch(&mut conn, &mut batch).await;
+            commit_batch(&mut conn, &mut batch, &announcer).await;
         }
         if let Some(ack) = shutdown {
             receiver.close();
@@ -157,7 +163,7 @@ async fn run_writer(
                 batch.push((run, reply));
             }
             if !batch.is_empty() {
-                commit_batch(&mut conn, &mut batch).await;
+                commit_batch(&mut conn, &mut batch, &announcer).await;
             }
             let _ = conn.close().await;
             let _ = ack.send(());
@@ -169,8 +175,9 @@ async fn run_writer(
 
 /// What running a batch's jobs came to, before the commit.
 enum Attempt {
-    /// Every job ran (each with its own outcome); the transaction is open.
-    Ran(Vec<Result<Erased, StoreError>>),
+    /// Every job ran (each with its own outcome, and the changes of those
+    /// that succeeded); the transaction is open.
+    Ran(Vec<Result<Erased, StoreError>>, Vec<Change>),
     /// A job failed without savepoints; the transaction was rolled back.
     JobFailed,
 }
@@ -178,6 +185,7 @@ enum Attempt {
 fn commit_batch<'a>(
     conn: &'a mut SqliteConnection,
     batch: &'a mut Vec<(Run, Reply)>,
+    announcer: &'a Announcer,
 ) -> BoxFuture<'a, ()> {
     Box::pin(async move {
         let attempt = match run_batch(conn, batch, false).await {
@@ -185,14 +193,19 @@ fn commit_batch<'a>(
             other => other,
         };
         let committed = match attempt {
-            Ok(Attempt::Ran(outcomes)) => exec(conn, "COMMIT").await.map(|()| outcomes),
+            Ok(Attempt::Ran(outcomes, changes)) => {
+                exec(conn, "COMMIT").await.map(|()| (outcomes, changes))
+            }
             Ok(Attempt::JobFailed) => Err(sqlx::Error::Protocol(
                 "a batch with savepoints reported a failed job".into(),
             )),
             Err(e) => Err(e),
         };
         match committed {
-            Ok(outcomes) => {
+            Ok((outcomes, changes)) => {
+                // Announced before anyone is answered: whoever hears back
+                // about a write may count on its changes being on their way.
+                announcer.committed(changes);
                 for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
                     reply(outcome);
                 }
@@ -218,25 +231,32 @@ fn run_batch<'a>(
     Box::pin(async move {
         exec(conn, "BEGIN IMMEDIATE").await?;
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut changes = Vec::new();
+        let mut pending = Pending::default();
         for (run, _) in batch {
+            pending.clear();
             if !isolate {
-                let outcome = run(&mut *conn).await;
+                let outcome = run(&mut *conn, &mut pending).await;
                 if outcome.is_err() {
                     exec(conn, "ROLLBACK").await?;
                     return Ok(Attempt::JobFailed);
                 }
                 outcomes.push(outcome);
+                changes.extend(pending.take());
                 continue;
             }
             exec(conn, "SAVEPOINT job").await?;
-            let outcome = run(&mut *conn).await;
+            let outcome = run(&mut *conn, &mut pending).await;
             if outcome.is_err() {
+                // Rolled back alone, so its changes never happened.
                 exec(conn, "ROLLBACK TO job").await?;
+            } else {
+                changes.extend(pending.take());
             }
             exec(conn, "RELEASE job").await?;
             outcomes.push(outcome);
         }
-        Ok(Attempt::Ran(outcomes))
+        Ok(Attempt::Ran(outcomes, changes))
     })
 }
 

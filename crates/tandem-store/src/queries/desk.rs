@@ -20,7 +20,8 @@ use tandem_model::{
 use super::inbox::{inbox_columns, lock_item, publish_draft_in};
 use super::messages::insert_message;
 use super::workflows::{NewEvent, assign_in, create_run_in, deliver_in, lock_run};
-use crate::backend::{Tx, job, on_conn, on_pool};
+use crate::backend::{Conn, Tx, job, on_conn, on_pool};
+use crate::changes::Change;
 use crate::{Store, StoreError};
 
 /// The advisory lock assignment passes take on PostgreSQL.
@@ -91,7 +92,6 @@ impl Store {
         default_capacity: u32,
     ) -> Result<DeskAgent, StoreError> {
         let name = name.to_owned();
-        let key = name.clone();
         let now = super::now();
         self.write(job(move |mut tx| {
             let (name, settings) = (name.clone(), settings.clone());
@@ -126,13 +126,10 @@ impl Store {
         .map(|r| r.rows_affected()))?;
                     }
                 }
-                Ok(())
+                announce_agent(tx, &name).await
             })
         }))
-        .await?;
-        self.desk_agent(&key)
-            .await?
-            .ok_or(StoreError::NotFound("agent"))
+        .await
     }
 
     /// Sets (or refreshes) an agent's presence. Going offline gives the
@@ -144,37 +141,32 @@ impl Store {
         default_capacity: u32,
     ) -> Result<PresenceChange, StoreError> {
         let name = name.to_owned();
-        let key = name.clone();
         let now = super::now();
-        let released = self
-            .write(job(move |mut tx| {
-                let name = name.clone();
-                Box::pin(async move {
-                    let tx = &mut tx;
-                    ensure_agent(tx, &name, default_capacity, now).await?;
-                    on_conn!(tx, c => sqlx::query(
-                        "UPDATE desk_agents SET presence = $2, presence_at = $3, updated_at = $3
-                         WHERE name = $1",
-                    )
-                    .bind(&name)
-                    .bind(presence)
-                    .bind(now)
-                    .execute(c)
-                    .await
-        .map(|r| r.rows_affected()))?;
-                    if presence == Presence::Offline {
-                        release_held_by(tx, &name, now).await
-                    } else {
-                        Ok(Vec::new())
-                    }
-                })
-            }))
-            .await?;
-        let agent = self
-            .desk_agent(&key)
-            .await?
-            .ok_or(StoreError::NotFound("agent"))?;
-        Ok(PresenceChange { agent, released })
+        self.write(job(move |mut tx| {
+            let name = name.clone();
+            Box::pin(async move {
+                let tx = &mut tx;
+                ensure_agent(tx, &name, default_capacity, now).await?;
+                on_conn!(tx, c => sqlx::query(
+                    "UPDATE desk_agents SET presence = $2, presence_at = $3, updated_at = $3
+                     WHERE name = $1",
+                )
+                .bind(&name)
+                .bind(presence)
+                .bind(now)
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected()))?;
+                let released = if presence == Presence::Offline {
+                    release_held_by(tx, &name, now).await?
+                } else {
+                    Vec::new()
+                };
+                let agent = announce_agent(tx, &name).await?;
+                Ok(PresenceChange { agent, released })
+            })
+        }))
+        .await
     }
 
     /// Marks offline every agent `online` or `away` whose presence was not
@@ -184,43 +176,27 @@ impl Store {
         stale_before: DateTime<Utc>,
     ) -> Result<Vec<PresenceChange>, StoreError> {
         let now = super::now();
-        let gone: Vec<(String, Vec<InboxItem>)> = self
-            .write(job(move |mut tx| {
-                Box::pin(async move {
-                    let tx = &mut tx;
-                    let names: Vec<String> = on_conn!(tx, c => sqlx::query_scalar(
-                        "UPDATE desk_agents SET presence = 'offline', updated_at = $2
-                         WHERE presence <> 'offline' AND presence_at < $1 RETURNING name",
-                    )
-                    .bind(stale_before)
-                    .bind(now)
-                    .fetch_all(c)
-                    .await)?;
-                    let mut gone = Vec::with_capacity(names.len());
-                    for name in names {
-                        let released = release_held_by(tx, &name, now).await?;
-                        gone.push((name, released));
-                    }
-                    Ok(gone)
-                })
-            }))
-            .await?;
-        if gone.is_empty() {
-            return Ok(Vec::new());
-        }
-        let agents: HashMap<String, DeskAgent> = self
-            .desk_agents()
-            .await?
-            .into_iter()
-            .map(|a| (a.name.clone(), a))
-            .collect();
-        Ok(gone
-            .into_iter()
-            .filter_map(|(name, released)| {
-                let agent = agents.get(&name)?.clone();
-                Some(PresenceChange { agent, released })
+        self.write(job(move |mut tx| {
+            Box::pin(async move {
+                let tx = &mut tx;
+                let names: Vec<String> = on_conn!(tx, c => sqlx::query_scalar(
+                    "UPDATE desk_agents SET presence = 'offline', updated_at = $2
+                     WHERE presence <> 'offline' AND presence_at < $1 RETURNING name",
+                )
+                .bind(stale_before)
+                .bind(now)
+                .fetch_all(c)
+                .await)?;
+                let mut gone = Vec::with_capacity(names.len());
+                for name in names {
+                    let released = release_held_by(tx, &name, now).await?;
+                    let agent = announce_agent(tx, &name).await?;
+                    gone.push(PresenceChange { agent, released });
+                }
+                Ok(gone)
             })
-            .collect())
+        }))
+        .await
     }
 
     /// Gives waiting items, oldest first, to online agents with room, as
@@ -341,11 +317,42 @@ async fn release_held_by(
          RETURNING ",
         inbox_columns!()
     );
-    Ok(on_conn!(tx, c => sqlx::query_as::<_, InboxItem>(SQL)
+    let items = on_conn!(tx, c => sqlx::query_as::<_, InboxItem>(SQL)
         .bind(agent)
         .bind(now)
         .fetch_all(c)
-        .await)?)
+        .await)?;
+    tx.emit_all(items.iter().map(Change::item));
+    Ok(items)
+}
+
+/// An agent as this transaction leaves it, announced as changed.
+async fn announce_agent(tx: &mut Tx<'_>, name: &str) -> Result<DeskAgent, StoreError> {
+    const AGENT: &str = "SELECT name, capacity, presence, presence_at, last_assigned_at, updated_at
+         FROM desk_agents WHERE name = $1";
+    let row = on_conn!(tx, c => sqlx::query_as::<_, AgentRow>(AGENT)
+        .bind(name)
+        .fetch_optional(c)
+        .await)?
+    .ok_or(StoreError::NotFound("agent"))?;
+    let teams = on_conn!(tx, c => sqlx::query_as::<_, (String, String)>(
+        "SELECT agent, team FROM desk_agent_teams WHERE agent = $1 ORDER BY team",
+    )
+    .bind(name)
+    .fetch_all(c)
+    .await)?;
+    let load: i64 = on_conn!(tx, c => sqlx::query_scalar(
+        "SELECT COUNT(*) FROM inbox_items WHERE status = 'claimed' AND claimed_by = $1",
+    )
+    .bind(name)
+    .fetch_one(c)
+    .await)?;
+    let loads = HashMap::from([(name.to_owned(), load)]);
+    let agent = assemble(vec![row], teams, loads)
+        .pop()
+        .ok_or(StoreError::NotFound("agent"))?;
+    tx.emit(Change::Agent(std::sync::Arc::new(agent.clone())));
+    Ok(agent)
 }
 
 /// Claims a still-open item for `agent`; none if it is not open any more.
@@ -362,12 +369,14 @@ async fn claim_for(
          RETURNING ",
         inbox_columns!()
     );
-    Ok(on_conn!(tx, c => sqlx::query_as::<_, InboxItem>(SQL)
+    let item = on_conn!(tx, c => sqlx::query_as::<_, InboxItem>(SQL)
         .bind(id)
         .bind(agent)
         .bind(now)
         .fetch_optional(c)
-        .await)?)
+        .await)?;
+    tx.emit_all(item.iter().map(Change::item));
+    Ok(item)
 }
 
 async fn mark_assigned(tx: &mut Tx<'_>, agent: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
@@ -383,7 +392,7 @@ async fn mark_assigned(tx: &mut Tx<'_>, agent: &str, at: DateTime<Utc>) -> Resul
 /// Makes assignment passes of several processes take turns (PostgreSQL;
 /// SQLite has one writer already).
 async fn lock_assignment(tx: &mut Tx<'_>) -> Result<(), StoreError> {
-    if let Tx::Postgres(c) = tx {
+    if let Conn::Postgres(c) = &mut tx.conn {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(ASSIGNMENT_LOCK)
             .execute(&mut **c)
@@ -505,14 +514,11 @@ pub(crate) async fn expire_item_in(
     let item = lock_item(tx, expire.item_id)
         .await?
         .ok_or(StoreError::NotFound("inbox item"))?;
-    let quiet = |outcome| EffectOutput::Expired {
-        expiry: Expiry {
+    let quiet = |outcome| {
+        EffectOutput::Expired(Expiry {
             item: None,
             outcome,
-        },
-        messages: Vec::new(),
-        thread: None,
-        run_ready: false,
+        })
     };
     if !matches!(item.status, InboxStatus::Open | InboxStatus::Claimed) {
         return Ok(quiet(ExpiryOutcome::Closed));
@@ -523,175 +529,243 @@ pub(crate) async fn expire_item_in(
         }));
     }
     let now = super::now();
-    if matches!(item.kind, InboxKind::Question | InboxKind::Approval)
-        && let Some(run_id) = item.run_id
-        && lock_run(tx, run_id).await?.status == RunStatus::Cancelled
-    {
+    if reply_cancelled(tx, &item).await? {
         // Its reply was cancelled: nobody waits for it, and no fallback
         // may publish it.
-        const CLOSE: &str = concat!(
-            "UPDATE inbox_items SET status = 'expired', updated_at = $2 WHERE id = $1 RETURNING ",
-            inbox_columns!()
-        );
-        let item = on_conn!(tx, c => sqlx::query_as::<_, InboxItem>(CLOSE)
-            .bind(item.id)
-            .bind(now)
-            .fetch_one(c)
-            .await)?;
-        return Ok(EffectOutput::Expired {
-            expiry: Expiry {
-                item: Some(item),
-                outcome: ExpiryOutcome::Closed,
-            },
-            messages: Vec::new(),
-            thread: None,
-            run_ready: false,
-        });
+        let item = close_item(tx, &item, now).await?;
+        return Ok(EffectOutput::Expired(Expiry {
+            item: Some(item),
+            outcome: ExpiryOutcome::Closed,
+        }));
     }
-    let holder = item.claimed_by.clone();
-    let mut messages = Vec::new();
-    let mut thread = None;
-    let mut run_ready = false;
-    let (status, claimed_by, due_at, outcome) = match expire.action {
+    let fallback = match expire.action {
         ExpiryAction::Reassign {
             due_in,
             presence_since,
             mode,
-        } => {
-            lock_assignment(tx).await?;
-            let mut desk = Desk::load(tx, presence_since).await?;
-            // The holder's own item no longer counts against it.
-            if let Some(i) = desk
-                .agents
-                .iter()
-                .position(|a| Some(&a.name) == holder.as_ref())
-            {
-                desk.agents[i].load -= 1;
-            }
-            let mode = if mode == AssignmentMode::Manual {
-                AssignmentMode::LeastLoaded
-            } else {
-                mode
-            };
-            let to = desk
-                .pick(item.team.as_deref(), holder.as_deref(), mode)
-                .map(|i| desk.agents[i].name.clone());
-            if let Some(agent) = &to {
-                mark_assigned(tx, agent, now).await?;
-            }
-            let due_at = due_in
-                .and_then(|d| chrono::Duration::from_std(d).ok())
-                .and_then(|d| now.checked_add_signed(d));
-            let status = if to.is_some() {
-                InboxStatus::Claimed
-            } else {
-                InboxStatus::Open
-            };
-            let outcome = ExpiryOutcome::Reassigned {
-                from: holder.clone(),
-                to: to.clone(),
-                due_at,
-            };
-            (status, to, due_at, outcome)
-        }
-        ExpiryAction::Hold { message } => {
-            let posted = insert_message(tx, message).await?;
-            let outcome = ExpiryOutcome::Held {
-                message_id: posted.message.id,
-            };
-            messages.push(posted);
-            (item.status, holder.clone(), item.due_at, outcome)
-        }
+        } => reassign(tx, &item, due_in, presence_since, mode, now).await?,
+        ExpiryAction::Hold { message } => hold(tx, &item, message).await?,
         ExpiryAction::AiAnswer {
             note,
             answer,
             follow_up,
             now: now_us,
-        } => {
-            let note = insert_message(tx, note).await?;
-            let note_id = note.message.id;
-            messages.push(note);
-            let mut message_id = None;
-            let mut run_id = None;
-            match item.kind {
-                InboxKind::Question | InboxKind::Approval => {
-                    if item.kind == InboxKind::Question {
-                        if let Some(answer) = answer {
-                            messages.push(insert_message(tx, answer).await?);
-                        }
-                    } else {
-                        let (_, posted) = publish_draft_in(
-                            tx,
-                            &item,
-                            None,
-                            json!({"approved_by": Value::Null, "edited": false, "deadline_passed": true}),
-                        )
-                        .await?;
-                        message_id = Some(posted.message.id);
-                        messages.push(posted);
-                    }
-                    if let Some(run_id) = item.run_id {
-                        let run = lock_run(tx, run_id).await?;
-                        if !run.status.is_finished() {
-                            let was_waiting = run.status == RunStatus::Waiting;
-                            let name = format!("inbox:{}", item.id);
-                            let delivered = deliver_in(
-                                tx,
-                                run,
-                                NewEvent {
-                                    run_id,
-                                    payload: json!({
-                                        "resolution": "expired",
-                                        "by": Value::Null,
-                                        "text": Value::Null,
-                                        "message_id": message_id,
-                                    }),
-                                    source: EventSource::Api,
-                                    delivery: Some(name.clone()),
-                                    name,
-                                },
-                                now_us,
-                                None,
-                            )
-                            .await?;
-                            run_ready = was_waiting
-                                && !delivered.duplicate
-                                && delivered.run.status == RunStatus::Running;
-                        }
-                    }
-                }
-                InboxKind::Handoff | InboxKind::Escalation => {
-                    thread = Some(
-                        assign_in(
-                            tx,
-                            NewAssignment {
-                                thread_id: item.thread_id,
-                                assigned_to: AssignedTo::Ai,
-                                assignee: None,
-                                team: None,
-                                reason: Some(
-                                    "no human answered before the deadline; the AI answers".into(),
-                                ),
-                                by_kind: "system".into(),
-                                by_id: Some("desk".into()),
-                            },
-                        )
-                        .await?,
-                    );
-                    if let Some(run) = follow_up {
-                        run_id = Some(create_run_in(tx, &run, now_us).await?.id);
-                        run_ready = true;
-                    }
-                }
-            }
-            let outcome = ExpiryOutcome::AiAnswered {
-                note_id,
-                message_id,
-                run_id,
-            };
-            (InboxStatus::Expired, holder.clone(), item.due_at, outcome)
-        }
+        } => ai_answer(tx, &item, note, answer, follow_up, now_us).await?,
     };
+    record_expiry(tx, &item, expire.due_at, &fallback.outcome, now).await?;
+    let item = apply_fallback(tx, &item, &fallback, now).await?;
+    Ok(EffectOutput::Expired(Expiry {
+        item: Some(item),
+        outcome: fallback.outcome,
+    }))
+}
+
+/// What a fallback makes of an item past its deadline.
+struct Fallback {
+    status: InboxStatus,
+    claimed_by: Option<String>,
+    due_at: Option<DateTime<Utc>>,
+    outcome: ExpiryOutcome,
+}
+
+/// Whether `item` is a question or a draft of a reply run that was
+/// cancelled.
+async fn reply_cancelled(tx: &mut Tx<'_>, item: &InboxItem) -> Result<bool, StoreError> {
+    if !matches!(item.kind, InboxKind::Question | InboxKind::Approval) {
+        return Ok(false);
+    }
+    let Some(run_id) = item.run_id else {
+        return Ok(false);
+    };
+    Ok(lock_run(tx, run_id).await?.status == RunStatus::Cancelled)
+}
+
+/// Closes an item (`expired`) without a fallback.
+async fn close_item(
+    tx: &mut Tx<'_>,
+    item: &InboxItem,
+    now: DateTime<Utc>,
+) -> Result<InboxItem, StoreError> {
+    const CLOSE: &str = concat!(
+        "UPDATE inbox_items SET status = 'expired', updated_at = $2 WHERE id = $1 RETURNING ",
+        inbox_columns!()
+    );
+    let item = on_conn!(tx, c => sqlx::query_as::<_, InboxItem>(CLOSE)
+        .bind(item.id)
+        .bind(now)
+        .fetch_one(c)
+        .await)?;
+    tx.emit(Change::item(&item));
+    Ok(item)
+}
+
+/// The `reassign` fallback: another online agent of the item's team with
+/// room (not the holder), or the queue; a new deadline `due_in` from now.
+async fn reassign(
+    tx: &mut Tx<'_>,
+    item: &InboxItem,
+    due_in: Option<std::time::Duration>,
+    presence_since: DateTime<Utc>,
+    mode: AssignmentMode,
+    now: DateTime<Utc>,
+) -> Result<Fallback, StoreError> {
+    let holder = item.claimed_by.clone();
+    lock_assignment(tx).await?;
+    let mut desk = Desk::load(tx, presence_since).await?;
+    // The holder's own item no longer counts against it.
+    if let Some(i) = desk
+        .agents
+        .iter()
+        .position(|a| Some(&a.name) == holder.as_ref())
+    {
+        desk.agents[i].load -= 1;
+    }
+    let mode = if mode == AssignmentMode::Manual {
+        AssignmentMode::LeastLoaded
+    } else {
+        mode
+    };
+    let to = desk
+        .pick(item.team.as_deref(), holder.as_deref(), mode)
+        .map(|i| desk.agents[i].name.clone());
+    if let Some(agent) = &to {
+        mark_assigned(tx, agent, now).await?;
+    }
+    let due_at = due_in
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .and_then(|d| now.checked_add_signed(d));
+    Ok(Fallback {
+        status: if to.is_some() {
+            InboxStatus::Claimed
+        } else {
+            InboxStatus::Open
+        },
+        claimed_by: to.clone(),
+        due_at,
+        outcome: ExpiryOutcome::Reassigned {
+            from: holder,
+            to,
+            due_at,
+        },
+    })
+}
+
+/// The `hold` fallback: the customer is told a person will answer; the
+/// item stays as it is.
+async fn hold(
+    tx: &mut Tx<'_>,
+    item: &InboxItem,
+    message: tandem_model::NewMessage,
+) -> Result<Fallback, StoreError> {
+    let posted = insert_message(tx, message).await?;
+    Ok(Fallback {
+        status: item.status,
+        claimed_by: item.claimed_by.clone(),
+        due_at: item.due_at,
+        outcome: ExpiryOutcome::Held {
+            message_id: posted.id,
+        },
+    })
+}
+
+/// The `ai_answer` fallback: a note for the team, then the AI goes on. A
+/// question gets `answer` as its tool result and an approval's draft is
+/// published as written, and their run is told; a handoff or an escalation
+/// goes back to the AI, with `follow_up` (a new reply run) started.
+async fn ai_answer(
+    tx: &mut Tx<'_>,
+    item: &InboxItem,
+    note: tandem_model::NewMessage,
+    answer: Option<tandem_model::NewMessage>,
+    follow_up: Option<tandem_model::NewRun>,
+    now_us: i64,
+) -> Result<Fallback, StoreError> {
+    let note_id = insert_message(tx, note).await?.id;
+    let mut message_id = None;
+    let mut run_id = None;
+    match item.kind {
+        InboxKind::Question | InboxKind::Approval => {
+            if item.kind == InboxKind::Question {
+                if let Some(answer) = answer {
+                    insert_message(tx, answer).await?;
+                }
+            } else {
+                let approval =
+                    json!({"approved_by": Value::Null, "edited": false, "deadline_passed": true});
+                let (_, reply) = publish_draft_in(tx, item, None, approval).await?;
+                message_id = Some(reply.id);
+            }
+            tell_run_expired(tx, item, message_id, now_us).await?;
+        }
+        InboxKind::Handoff | InboxKind::Escalation => {
+            let back_to_ai = NewAssignment {
+                thread_id: item.thread_id,
+                assigned_to: AssignedTo::Ai,
+                assignee: None,
+                team: None,
+                reason: Some("no human answered before the deadline; the AI answers".into()),
+                by_kind: "system".into(),
+                by_id: Some("desk".into()),
+            };
+            assign_in(tx, back_to_ai).await?;
+            if let Some(run) = follow_up {
+                run_id = Some(create_run_in(tx, &run, now_us).await?.id);
+            }
+        }
+    }
+    Ok(Fallback {
+        status: InboxStatus::Expired,
+        claimed_by: item.claimed_by.clone(),
+        due_at: item.due_at,
+        outcome: ExpiryOutcome::AiAnswered {
+            note_id,
+            message_id,
+            run_id,
+        },
+    })
+}
+
+/// Sends the run waiting on `item` (one that has not finished) the event
+/// that its item expired.
+async fn tell_run_expired(
+    tx: &mut Tx<'_>,
+    item: &InboxItem,
+    message_id: Option<tandem_model::MessageId>,
+    now_us: i64,
+) -> Result<(), StoreError> {
+    let Some(run_id) = item.run_id else {
+        return Ok(());
+    };
+    let run = lock_run(tx, run_id).await?;
+    if run.status.is_finished() {
+        return Ok(());
+    }
+    let name = format!("inbox:{}", item.id);
+    let event = NewEvent {
+        run_id,
+        payload: json!({
+            "resolution": "expired",
+            "by": Value::Null,
+            "text": Value::Null,
+            "message_id": message_id,
+        }),
+        source: EventSource::Api,
+        delivery: Some(name.clone()),
+        name,
+    };
+    deliver_in(tx, run, event, now_us, None).await?;
+    Ok(())
+}
+
+/// Records that the deadline `due_at` of `item` passed, once: a second
+/// record of the same deadline is refused.
+async fn record_expiry(
+    tx: &mut Tx<'_>,
+    item: &InboxItem,
+    due_at: DateTime<Utc>,
+    outcome: &ExpiryOutcome,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     let fallback = match outcome {
         ExpiryOutcome::Reassigned { .. } => "reassign",
         ExpiryOutcome::Held { .. } => "hold",
@@ -703,14 +777,14 @@ pub(crate) async fn expire_item_in(
     )
     .bind(uuid::Uuid::now_v7())
     .bind(item.id)
-    .bind(expire.due_at)
+    .bind(due_at)
     .bind(fallback)
-    .bind(&holder)
-    .bind(sqlx::types::Json(&outcome))
+    .bind(&item.claimed_by)
+    .bind(sqlx::types::Json(outcome))
     .bind(now)
     .execute(c)
     .await
-        .map(|r| r.rows_affected()))?;
+    .map(|r| r.rows_affected()))?;
     if recorded == 0 {
         // Recorded already: the journal commit that made this effect is
         // being made again, which the lease forbids; refuse rather than
@@ -720,6 +794,16 @@ pub(crate) async fn expire_item_in(
             format!("the deadline of inbox item {} already passed", item.id),
         ));
     }
+    Ok(())
+}
+
+/// Leaves the item as the fallback says, counting the expiry.
+async fn apply_fallback(
+    tx: &mut Tx<'_>,
+    item: &InboxItem,
+    fallback: &Fallback,
+    now: DateTime<Utc>,
+) -> Result<InboxItem, StoreError> {
     const UPDATE: &str = concat!(
         "UPDATE inbox_items SET status = $2, claimed_by = $3,
              claimed_at = CASE WHEN $3 IS NULL THEN NULL WHEN $3 = claimed_by THEN claimed_at ELSE $5 END,
@@ -730,19 +814,12 @@ pub(crate) async fn expire_item_in(
     );
     let item = on_conn!(tx, c => sqlx::query_as::<_, InboxItem>(UPDATE)
         .bind(item.id)
-        .bind(status)
-        .bind(&claimed_by)
-        .bind(due_at)
+        .bind(fallback.status)
+        .bind(&fallback.claimed_by)
+        .bind(fallback.due_at)
         .bind(now)
         .fetch_one(c)
         .await)?;
-    Ok(EffectOutput::Expired {
-        expiry: Expiry {
-            item: Some(item),
-            outcome,
-        },
-        messages,
-        thread,
-        run_ready,
-    })
+    tx.emit(Change::item(&item));
+    Ok(item)
 }

@@ -20,6 +20,7 @@ use tandem_model::{
 use super::messages::{insert_message, settle_draft_in};
 use super::workflows::{NewEvent, assign_in, create_run_in, deliver_in, lock_run};
 use crate::backend::{Tx, job, on_conn, on_pool};
+use crate::changes::Change;
 use crate::{Store, StoreError};
 
 /// The columns an inbox item is read from, as a literal for `concat!`.
@@ -67,11 +68,13 @@ impl Store {
         let now = super::now();
         self.write(job(move |mut tx| {
             Box::pin(async move {
-                Ok(on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
+                let item = on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
                     .bind(id)
                     .bind(now)
                     .fetch_optional(c)
-                    .await)?)
+                    .await)?;
+                tx.emit_all(item.iter().map(Change::item));
+                Ok(item)
             })
         }))
         .await
@@ -93,14 +96,16 @@ impl Store {
         self.write(job(move |mut tx| {
             let claimed_by = claimed_by.clone();
             Box::pin(async move {
-                on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
+                let item = on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
                     .bind(id)
                     .bind(status)
                     .bind(&claimed_by)
                     .bind(now)
                     .fetch_optional(c)
                     .await)?
-                .ok_or(StoreError::NotFound("inbox item"))
+                .ok_or(StoreError::NotFound("inbox item"))?;
+                tx.emit(Change::item(&item));
+                Ok(item)
             })
         }))
         .await
@@ -131,12 +136,14 @@ impl Store {
             .write(job(move |mut tx| {
                 let by = by.clone();
                 Box::pin(async move {
-                    Ok(on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
+                    let item = on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
                         .bind(id)
                         .bind(&by)
                         .bind(now)
                         .fetch_optional(c)
-                        .await)?)
+                        .await)?;
+                    tx.emit_all(item.iter().map(Change::item));
+                    Ok(item)
                 })
             }))
             .await?;
@@ -187,13 +194,15 @@ impl Store {
             .write(job(move |mut tx| {
                 let by = by.clone();
                 Box::pin(async move {
-                    Ok(on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
+                    let item = on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
                         .bind(id)
                         .bind(overrides)
                         .bind(now)
                         .bind(&by)
                         .fetch_optional(c)
-                        .await)?)
+                        .await)?;
+                    tx.emit_all(item.iter().map(Change::item));
+                    Ok(item)
                 })
             }))
             .await?;
@@ -234,11 +243,13 @@ impl Store {
         let now = super::now();
         self.write(job(move |mut tx| {
             Box::pin(async move {
-                Ok(on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
+                let items = on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
                     .bind(idle_before)
                     .bind(now)
                     .fetch_all(c)
-                    .await)?)
+                    .await)?;
+                tx.emit_all(items.iter().map(Change::item));
+                Ok(items)
             })
         }))
         .await
@@ -254,6 +265,26 @@ impl Store {
         Ok(on_pool!(self, p => sqlx::query_as::<_, InboxItem>(SQL)
             .bind(id)
             .fetch_optional(p)
+            .await)?)
+    }
+
+    /// Items changed since `since`, in the order they changed (at most
+    /// `limit`): what a process that may have missed another's signal
+    /// reads again (PostgreSQL).
+    pub async fn inbox_items_changed_since(
+        &self,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<InboxItem>, StoreError> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            inbox_columns!(),
+            " FROM inbox_items WHERE updated_at >= $1 ORDER BY updated_at, id LIMIT $2"
+        );
+        Ok(on_pool!(self, p => sqlx::query_as::<_, InboxItem>(SQL)
+            .bind(since)
+            .bind(i64::from(limit))
+            .fetch_all(p)
             .await)?)
     }
 
@@ -419,19 +450,19 @@ impl Store {
                 });
                 let (item, run) = take_locked(tx, item, kind, &actor).await?;
                 let message = answer_message(&item, kind, &actor.name, &text)?;
-                let posted = insert_message(tx, message).await?;
+                let answer = insert_message(tx, message).await?;
                 let resolution = Resolution {
                     kind: InboxResolution::Answered,
                     by: actor.name,
                     review: None,
                     text: Some(text),
-                    message_id: Some(posted.message.id),
+                    message_id: Some(answer.id),
                 };
                 let (item, run, run_ready) = resolve(tx, &item, run, resolution, now).await?;
                 Ok(Resolved {
                     item,
-                    thread: posted.reopened.clone(),
-                    message: Some(posted),
+                    thread: None,
+                    message: Some(answer),
                     draft: None,
                     run,
                     run_ready,
@@ -460,7 +491,7 @@ impl Store {
             Box::pin(async move {
                 let tx = &mut tx;
                 let (item, run) = take_item(tx, item_id, InboxKind::Approval, &actor).await?;
-                let (draft, posted) = publish_draft_in(
+                let (draft, reply) = publish_draft_in(
                     tx,
                     &item,
                     edited.clone(),
@@ -472,13 +503,13 @@ impl Store {
                     by,
                     review: None,
                     text: edited,
-                    message_id: Some(posted.message.id),
+                    message_id: Some(reply.id),
                 };
                 let (item, run, run_ready) = resolve(tx, &item, run, resolution, now).await?;
                 Ok(Resolved {
                     item,
-                    thread: posted.reopened.clone(),
-                    message: Some(posted),
+                    thread: None,
+                    message: Some(reply),
                     draft: Some(draft),
                     run,
                     run_ready,
@@ -584,6 +615,7 @@ pub(crate) async fn open_item_in(
         .fetch_optional(c)
         .await)?
     .ok_or(StoreError::NotFound("thread"))?;
+    tx.emit(Change::item(&item));
     if let (Some(due_at), Some(_)) = (item.due_at, new.due_in) {
         create_run_in(
             tx,
@@ -675,7 +707,7 @@ pub(crate) async fn publish_draft_in(
     item: &InboxItem,
     edited: Option<String>,
     approval: Value,
-) -> Result<(tandem_model::Message, tandem_model::PostedMessage), StoreError> {
+) -> Result<(tandem_model::Message, tandem_model::Message), StoreError> {
     let draft = settle_draft(tx, item, MessageStatus::Approved).await?;
     let mut metadata = match draft.metadata.clone() {
         Value::Object(map) => map,
@@ -700,8 +732,8 @@ pub(crate) async fn publish_draft_in(
         reply_to: draft.reply_to,
         customer_scope: None,
     };
-    let posted = insert_message(tx, reply).await?;
-    Ok((draft, posted))
+    let reply = insert_message(tx, reply).await?;
+    Ok((draft, reply))
 }
 
 /// Who holds `item`, when it is claimed by someone other than `actor` and
@@ -731,11 +763,7 @@ pub(crate) async fn lock_item(
         inbox_columns!(),
         " FROM inbox_items WHERE id = $1 FOR UPDATE"
     );
-    let sql = if matches!(tx, Tx::Postgres(_)) {
-        LOCK
-    } else {
-        SELECT
-    };
+    let sql = if tx.is_postgres() { LOCK } else { SELECT };
     Ok(on_conn!(tx, c => sqlx::query_as::<_, InboxItem>(sql)
         .bind(id)
         .fetch_optional(c)
@@ -870,6 +898,7 @@ async fn resolve(
         .bind(super::now())
         .fetch_one(c)
         .await)?;
+    tx.emit(Change::item(&resolved));
     let Some(run) = run else {
         return Ok((resolved, None, false));
     };

@@ -3,14 +3,18 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
+use tandem_model::names::REPLY_WORKFLOW;
 use tandem_model::{
     Author, AuthorKind, Content, InboxItem, Message, MessageFilter, MessageId, MessageStatus,
-    NewMessage, Part, PostedMessage, Role, Thread, ThreadId, ThreadStatus, Visibility,
+    NewMessage, NewRun, Part, ReplyArgs, ReplyRun, Role, Thread, ThreadId, ThreadStatus,
+    Visibility,
 };
 
 use super::idempotency::{IdempotencyKey, Written};
 use super::inbox::inbox_columns;
-use crate::backend::{Pool, Tx, job, on_conn, on_pool};
+use super::workflows::insert_run;
+use crate::backend::{Conn, Pool, Tx, job, on_conn, on_pool};
+use crate::changes::{Change, ThreadChange};
 use crate::{Store, StoreError};
 
 /// The columns a message row is read from, as a literal for `concat!`.
@@ -63,16 +67,28 @@ impl From<MessageRow> for Message {
 impl Store {
     /// Appends a message to its thread with the thread's next `seq`, in the
     /// same transaction that advances the thread (once per idempotency key).
+    ///
+    /// A customer message that must be answered comes with its `reply` run
+    /// (`reply_run`), created in the same transaction: once the message is
+    /// stored, its run exists, whatever crashes next.
     pub async fn post_message(
         &self,
         new: NewMessage,
+        reply_run: Option<ReplyRun>,
         idempotency: Option<IdempotencyKey>,
-    ) -> Result<Written<PostedMessage>, StoreError> {
+    ) -> Result<Written<Message>, StoreError> {
         self.write_once(
             idempotency,
             job(move |mut tx| {
                 let new = new.clone();
-                Box::pin(async move { insert_message(&mut tx, new).await })
+                let reply_run = reply_run.clone();
+                Box::pin(async move {
+                    let message = insert_message(&mut tx, new).await?;
+                    if let Some(reply_run) = reply_run {
+                        start_reply(&mut tx, &message, reply_run).await?;
+                    }
+                    Ok(message)
+                })
             }),
         )
         .await
@@ -259,19 +275,42 @@ macro_rules! insert_message_sql {
     };
 }
 
-/// Inserts the message and checks the tool calls it makes or answers.
+/// Creates the `reply` run of a customer message just inserted.
+async fn start_reply(
+    tx: &mut Tx<'_>,
+    message: &Message,
+    reply_run: ReplyRun,
+) -> Result<(), StoreError> {
+    let args = ReplyArgs {
+        thread_id: message.thread_id,
+        message_id: message.id,
+        seq: message.seq,
+    };
+    let new = NewRun {
+        name: REPLY_WORKFLOW.to_owned(),
+        version: reply_run.version,
+        args: serde_json::to_value(&args)
+            .map_err(|e| StoreError::Corrupt(format!("reply arguments: {e}")))?,
+        has_on_complete: false,
+    };
+    insert_run(tx, &new, reply_run.ready_at, reply_run.lease).await?;
+    Ok(())
+}
+
+/// Inserts the message and checks the tool calls it makes or answers;
+/// announces the message, the thread it reopened and the items it answered.
 pub(crate) async fn insert_message(
     tx: &mut Tx<'_>,
     new: NewMessage,
-) -> Result<PostedMessage, StoreError> {
+) -> Result<Message, StoreError> {
     let now = super::now();
     let id = new.id.unwrap_or_default();
     // A customer's message reopens a closed thread (a trigger does it), and
     // the hub must hear of that change too. PostgreSQL reads the old status
     // in the insert itself, saving a round trip; SQLite asks first, in
     // process.
-    let (sql, closed_before) = match tx {
-        Tx::Sqlite(_) => {
+    let (sql, closed_before) = match tx.conn {
+        Conn::Sqlite(_) => {
             let closed = new.role == Role::User && {
                 let status: Option<ThreadStatus> = on_conn!(tx, c => sqlx::query_scalar(
                     "SELECT status FROM threads WHERE id = $1",
@@ -283,7 +322,7 @@ pub(crate) async fn insert_message(
             };
             (insert_message_sql!("", "threads t", "FALSE"), closed)
         }
-        Tx::Postgres(_) => (
+        Conn::Postgres(_) => (
             insert_message_sql!(
                 "WITH t AS (SELECT id, customer_id, last_seq, status FROM threads
                             WHERE id = $2 FOR UPDATE) ",
@@ -374,11 +413,14 @@ pub(crate) async fn insert_message(
     } else {
         None
     };
-    Ok(PostedMessage {
-        message,
-        reopened,
-        items,
-    })
+    // The message first, then what it changed, as subscribers should see
+    // them.
+    tx.emit(Change::message(&message));
+    if let Some(thread) = &reopened {
+        tx.emit(Change::thread(thread, ThreadChange::Reopened));
+    }
+    tx.emit_all(items.iter().map(Change::item));
+    Ok(message)
 }
 
 /// The agent, when `new` is a human agent's reply the customer sees: what
@@ -493,45 +535,5 @@ async fn answer_tool_call(
             .map(|r| r.rows_affected()))?;
             Ok(())
         }
-    }
-}
-
-impl Store {
-    /// Published customer messages since `since` (at most `limit`, oldest
-    /// first) that have no idempotency record under `scope` keyed by their
-    /// id: messages whose follow-up (a `reply` run, started with that key)
-    /// was never created, because the process died between the two.
-    pub async fn customer_messages_without(
-        &self,
-        scope: &str,
-        since: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<Message>, StoreError> {
-        const MESSAGES: &str = concat!(
-            "SELECT ",
-            message_columns!(),
-            " FROM messages WHERE role = 'user' AND status = 'published' AND created_at >= $1
-              ORDER BY created_at, id LIMIT $2"
-        );
-        const KEYS: &str = "SELECT key FROM idempotency_keys WHERE scope = $1 AND created_at >= $2";
-        let rows: Vec<MessageRow> = on_pool!(self, p => sqlx::query_as(MESSAGES)
-            .bind(since)
-            .bind(i64::from(limit))
-            .fetch_all(p)
-            .await)?;
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = on_pool!(self, p => sqlx::query_scalar(KEYS)
-            .bind(scope)
-            .bind(since)
-            .fetch_all(p)
-            .await)?;
-        let keys: std::collections::HashSet<String> = keys.into_iter().collect();
-        Ok(rows
-            .into_iter()
-            .map(Message::from)
-            .filter(|m| !keys.contains(&m.id.to_string()))
-            .collect())
     }
 }

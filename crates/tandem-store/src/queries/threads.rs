@@ -8,6 +8,7 @@ use tandem_model::{
 
 use super::idempotency::{IdempotencyKey, Written};
 use crate::backend::{Pool, job, on_conn, on_pool};
+use crate::changes::{Change, ThreadChange};
 use crate::{Store, StoreError};
 
 /// The columns a [`Thread`] is read from, as a literal for `concat!`, so
@@ -70,6 +71,7 @@ impl Store {
                     .execute(c)
                     .await
                     .map(|r| r.rows_affected()))?;
+                    tx.emit(Change::thread(&thread, ThreadChange::Created));
                     Ok(thread)
                 })
             }),
@@ -172,7 +174,9 @@ impl Store {
                     .bind(super::now())
                     .fetch_optional(c)
                     .await)?;
-                updated.ok_or(StoreError::NotFound("thread"))
+                let thread = updated.ok_or(StoreError::NotFound("thread"))?;
+                tx.emit(Change::thread(&thread, ThreadChange::Updated));
+                Ok(thread)
             })
         }))
         .await

@@ -21,7 +21,7 @@ pub use runs::ClaimRequest;
 
 pub(crate) use events::deliver_in;
 pub(crate) use journal::assign_in;
-pub(crate) use runs::{create_run_in, lock_run};
+pub(crate) use runs::{create_run_in, insert_run, lock_run};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -38,7 +38,7 @@ macro_rules! run_columns {
 }
 pub(crate) use run_columns;
 
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub(crate) struct RunRow {
     id: RunId,
     name: String,

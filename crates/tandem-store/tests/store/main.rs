@@ -4,6 +4,7 @@
 //! people (with the run told in the same transaction), routing settings
 //! and examples, token usage.
 
+mod changes;
 mod support;
 
 use chrono::{Duration, Utc};
@@ -86,7 +87,7 @@ async fn a_reply_is_posted_when_nothing_newer_came_and_the_ai_still_answers() {
     let asked = t.customer_says(thread.id, "Where is my parcel?").await;
     // An assistant message after the question does not make it stale.
     t.store
-        .post_message(ai_reply(thread.id, "Looking…"), None)
+        .post_message(ai_reply(thread.id, "Looking…"), None, None)
         .await
         .expect("note");
     let run = t.run().await;
@@ -109,8 +110,8 @@ async fn a_reply_is_posted_when_nothing_newer_came_and_the_ai_still_answers() {
     let Some(EffectOutput::Message(posted)) = committed.effect else {
         panic!("expected a posted message, got {:?}", committed.effect);
     };
-    assert_eq!(posted.message.id, id, "the id the run chose");
-    assert_eq!(posted.message.seq, 3);
+    assert_eq!(posted.id, id, "the id the run chose");
+    assert_eq!(posted.seq, 3);
     let journal = t.store.journal(run.lease.run_id).await.expect("journal");
     assert_eq!(
         journal[0].output.as_ref().and_then(|m| m.get("id")),
@@ -281,7 +282,7 @@ async fn a_reply_racing_a_customer_message_never_lands_after_it() {
                 let newer = messages
                     .iter()
                     .find(|m| m.role == Role::User && m.seq > asked);
-                assert!(newer.expect("the second message").seq > m.message.seq);
+                assert!(newer.expect("the second message").seq > m.seq);
             }
             Some(EffectOutput::Skipped {
                 reason: SkipReason::NewerCustomerMessage,
@@ -307,11 +308,14 @@ async fn a_chosen_message_id_is_kept_and_cannot_be_taken_twice() {
     };
     let posted = t
         .store
-        .post_message(message.clone(), None)
+        .post_message(message.clone(), None, None)
         .await
         .expect("post");
-    assert_eq!(posted.value.message.id, id);
-    assert_conflict(t.store.post_message(message, None).await, "message_exists");
+    assert_eq!(posted.value.id, id);
+    assert_conflict(
+        t.store.post_message(message, None, None).await,
+        "message_exists",
+    );
     t.finish().await;
 }
 
@@ -445,7 +449,7 @@ async fn ask(t: &TestStore, thread: ThreadId) -> (support::Executor, tandem_mode
     };
     assert_eq!(
         item.message_id,
-        Some(posted.message.id),
+        Some(posted.id),
         "the item is about the call"
     );
     assert_eq!(item.run_id, Some(run.lease.run_id));
@@ -480,7 +484,7 @@ async fn an_answer_becomes_the_tool_result_and_wakes_the_waiting_run_in_the_same
     assert_eq!(run_after.waiting_for, None);
     assert_eq!(run_after.wake_at.map(micros), Some(woken_at));
 
-    let answer = resolved.message.clone().expect("answer").message;
+    let answer = resolved.message.clone().expect("answer");
     assert_eq!(answer.role, Role::Tool);
     assert_eq!(answer.visibility, Visibility::Internal);
     assert_eq!(answer.status, MessageStatus::Published);
@@ -654,7 +658,7 @@ async fn an_edited_approval_publishes_the_edit_as_the_next_seq_and_the_draft_sta
     let draft = resolved.draft.clone().expect("draft");
     assert_eq!(draft.status, MessageStatus::Approved);
     assert_eq!(draft.visibility, Visibility::Internal);
-    let published = resolved.message.clone().expect("published").message;
+    let published = resolved.message.clone().expect("published");
     assert_eq!(published.seq, draft.seq + 1);
     assert_eq!(published.role, Role::Assistant);
     assert_eq!(published.visibility, Visibility::Public);
@@ -711,7 +715,7 @@ async fn an_approval_as_drafted_publishes_the_drafts_content() {
         .approve_draft(approval.id, None, "alice", now())
         .await
         .expect("approve");
-    let published = resolved.message.expect("published").message;
+    let published = resolved.message.expect("published");
     assert_eq!(
         published.content,
         Content::Text("Yes, within 30 days.".into())
@@ -937,7 +941,10 @@ async fn the_prompt_history_is_the_newest_messages_in_order_without_pending_or_r
         status: MessageStatus::PendingApproval,
         ..ai_reply(thread, "pending")
     };
-    t.store.post_message(pending, None).await.expect("pending");
+    t.store
+        .post_message(pending, None, None)
+        .await
+        .expect("pending");
     let history = t.store.prompt_history(thread, 3).await.expect("history");
     let seqs: Vec<i64> = history.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, [3, 4, 5]);

@@ -55,11 +55,10 @@ impl TestStore {
             ..ai_reply(thread, text)
         };
         self.store
-            .post_message(message, None)
+            .post_message(message, None, None)
             .await
             .expect("customer message")
             .value
-            .message
             .seq
     }
 

@@ -74,7 +74,7 @@ impl Harness {
             customer_scope: None,
         };
         self.store
-            .post_message(question, None)
+            .post_message(question, None, None)
             .await
             .expect("post the question");
         thread
@@ -502,7 +502,7 @@ async fn the_example_asks_the_team_and_publishes_the_approved_edit() {
             step("wait_event", "inbox:…", StepStatus::Completed, 1),
         ]
     );
-    let published = approved.message.expect("published").message;
+    let published = approved.message.expect("published");
     let resolved = output(&state, "wait_event", &format!("inbox:{}", review.id));
     assert_eq!(resolved["event"]["resolution"], "approved");
     assert_eq!(resolved["event"]["message_id"], json!(published.id));
@@ -644,7 +644,7 @@ async fn answers_and_reviews_are_the_steps_results() {
                 .approve_draft(review.id, None, "sam", h.now())
                 .await
                 .expect("approve");
-            approved.message.map(|m| m.message.id)
+            approved.message.map(|m| m.id)
         } else {
             h.store
                 .reject_draft(review.id, "Say when, too.".into(), "sam", h.now())
@@ -655,7 +655,7 @@ async fn answers_and_reviews_are_the_steps_results() {
         h.engine.wake();
         let state = h.until_completed(run).await;
         let result = state.run.result.clone().unwrap_or_default();
-        let tool_message = answered.message.map(|m| m.message.id);
+        let tool_message = answered.message.map(|m| m.id);
         assert_eq!(
             result["ask"],
             json!({

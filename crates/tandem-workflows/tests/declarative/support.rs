@@ -16,9 +16,7 @@ use tandem_store::testing::TestDatabase;
 use tandem_store::{DatabaseOptions, Store, Synchronous};
 use tandem_workflows::declarative::Services;
 use tandem_workflows::engine::RunState;
-use tandem_workflows::{
-    Engine, EngineConfig, ManualClock, Registry, Signer, Silent, load_definitions,
-};
+use tandem_workflows::{Engine, EngineConfig, ManualClock, Registry, Signer, load_definitions};
 
 /// The public URL resume URLs start with.
 pub const PUBLIC_URL: &str = "http://tandem.test";
@@ -221,7 +219,6 @@ async fn engine(
         registry,
         &config,
         clock.clone(),
-        Arc::new(Silent),
         signer.clone(),
     );
     engine.start().await.expect("start the engine");

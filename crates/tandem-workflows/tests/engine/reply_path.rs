@@ -126,11 +126,10 @@ async fn customer_says(h: &Harness, thread: ThreadId, text: &str) -> i64 {
         ..agent_message(thread, text)
     };
     h.store
-        .post_message(message, None)
+        .post_message(message, None, None)
         .await
         .expect("post")
         .value
-        .message
         .seq
 }
 
@@ -271,7 +270,7 @@ async fn a_question_sleeps_until_the_answer_wakes_it_in_the_same_write() {
     assert!(resolved.run_ready);
     h.engine.wake();
     let state = h.wait_status(id, RunStatus::Completed).await;
-    let answer = resolved.message.expect("answer").message;
+    let answer = resolved.message.expect("answer");
     assert_eq!(
         state.run.result,
         Some(json!({

@@ -9,9 +9,7 @@ use chrono::{DateTime, Utc};
 use tandem_model::{RunId, RunStatus};
 use tandem_store::Store;
 use tandem_store::testing::TestDatabase;
-use tandem_workflows::{
-    Clock, Engine, EngineConfig, ManualClock, Registry, RunState, Signer, Silent,
-};
+use tandem_workflows::{Clock, Engine, EngineConfig, ManualClock, Registry, RunState, Signer};
 
 /// Calls counted by name.
 #[derive(Clone, Default)]
@@ -153,14 +151,7 @@ fn new_engine(
         "http://127.0.0.1:1",
         Duration::from_secs(300),
     );
-    Engine::new(
-        store.clone(),
-        registry,
-        config,
-        clock.clone(),
-        Arc::new(Silent),
-        signer,
-    )
+    Engine::new(store.clone(), registry, config, clock.clone(), signer)
 }
 
 /// Waits for a condition that other tasks make true.

@@ -10,6 +10,7 @@ use tandem_model::{
 use super::runs::{finished, lock_run};
 use super::{RunRow, run_columns};
 use crate::backend::{Tx, job, on_conn};
+use crate::changes::{Change, RunChange};
 use crate::{Store, StoreError};
 
 #[derive(sqlx::FromRow)]
@@ -159,6 +160,7 @@ pub(crate) async fn deliver_in(
         .fetch_one(c)
         .await)?;
     let run = WorkflowRun::from(row);
+    tx.emit(Change::run(&run, RunChange::Updated));
     let claimed = owner.map(|owner| Lease {
         run_id: run.id,
         owner,

@@ -2,14 +2,15 @@
 
 use sqlx::types::Json;
 use tandem_model::{
-    AssignedTo, AssignmentId, Committed, EffectOutput, InboxItemId, JournalWrite, Lease,
-    NewAssignment, OpenItem, RunStatus, RunUpdate, SkipReason, StoreEffect, Thread, ThreadId,
-    WorkflowRun,
+    AssignedBy, AssignedTo, Assignment, AssignmentId, Committed, EffectOutput, InboxItemId,
+    JournalWrite, Lease, NewAssignment, OpenItem, RunStatus, RunUpdate, SkipReason, StoreEffect,
+    Thread, ThreadId, WorkflowRun,
 };
 
 use super::runs::lease_lost;
 use super::{RunRow, run_columns};
-use crate::backend::{Tx, job, on_conn};
+use crate::backend::{Conn, Tx, job, on_conn};
+use crate::changes::{Change, RunChange, ThreadChange};
 use crate::queries::inbox::open_item_in;
 use crate::queries::messages::insert_message;
 use crate::{Store, StoreError};
@@ -156,6 +157,9 @@ async fn commit_in(tx: &mut Tx<'_>, commit: StepCommit) -> Result<Committed, Sto
         }
     };
     let changed = run.status != before.status || run.wake_at != before.wake_at;
+    if changed {
+        tx.emit(Change::run(&run, RunChange::Updated));
+    }
     Ok(Committed {
         run,
         changed,
@@ -276,7 +280,7 @@ async fn open_item(tx: &mut Tx<'_>, open: OpenItem) -> Result<EffectOutput, Stor
         None => None,
     };
     if item.message_id.is_none() {
-        item.message_id = message.as_ref().map(|posted| posted.message.id);
+        item.message_id = message.as_ref().map(|message| message.id);
     }
     let item = open_item_in(tx, InboxItemId::new(), item).await?;
     let thread = match assign {
@@ -301,14 +305,14 @@ async fn reply_skip_reason(
     after_seq: i64,
     follow_up: bool,
 ) -> Result<Option<SkipReason>, StoreError> {
-    let assigned_to: Option<AssignedTo> = match tx {
-        Tx::Postgres(c) => {
+    let assigned_to: Option<AssignedTo> = match &mut tx.conn {
+        Conn::Postgres(c) => {
             sqlx::query_scalar("SELECT assigned_to FROM threads WHERE id = $1 FOR UPDATE")
                 .bind(thread_id)
                 .fetch_optional(&mut **c)
                 .await?
         }
-        Tx::Sqlite(c) => {
+        Conn::Sqlite(c) => {
             sqlx::query_scalar("SELECT assigned_to FROM threads WHERE id = $1")
                 .bind(thread_id)
                 .fetch_optional(&mut **c)
@@ -365,12 +369,25 @@ pub(crate) async fn assign_in(tx: &mut Tx<'_>, new: NewAssignment) -> Result<Thr
         .fetch_optional(c)
         .await)?
     .ok_or(StoreError::NotFound("thread"))?;
+    let assignment = Assignment {
+        id: AssignmentId::new(),
+        thread_id: new.thread_id,
+        assigned_to: new.assigned_to,
+        assignee: new.assignee.clone(),
+        team: new.team.clone(),
+        reason: new.reason.clone(),
+        by: AssignedBy {
+            kind: new.by_kind.clone(),
+            id: new.by_id.clone(),
+        },
+        created_at: now,
+    };
     on_conn!(tx, c => sqlx::query(
         "INSERT INTO assignments
              (id, thread_id, assigned_to, assignee, team, reason, by_kind, by_id, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
-    .bind(AssignmentId::new())
+    .bind(assignment.id)
     .bind(new.thread_id)
     .bind(new.assigned_to)
     .bind(&new.assignee)
@@ -382,5 +399,7 @@ pub(crate) async fn assign_in(tx: &mut Tx<'_>, new: NewAssignment) -> Result<Thr
     .execute(c)
     .await
     .map(|r| r.rows_affected()))?;
+    tx.emit(Change::thread(&thread, ThreadChange::Updated));
+    tx.emit(Change::Assignment(std::sync::Arc::new(assignment)));
     Ok(thread)
 }

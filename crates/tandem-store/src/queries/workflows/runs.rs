@@ -7,7 +7,8 @@ use tandem_model::{
 };
 
 use super::{RunRow, run_columns};
-use crate::backend::{Pool, Tx, job, on_conn, on_pool};
+use crate::backend::{Conn, Pool, Tx, job, on_conn, on_pool};
+use crate::changes::{Change, RunChange};
 use crate::queries::idempotency::{IdempotencyKey, Written};
 use crate::{Store, StoreError};
 
@@ -111,12 +112,12 @@ impl Store {
             request.lease_until,
         );
         let mut rows = self
-            .write(job(move |tx| {
+            .write(job(move |mut tx| {
                 let (owner, name, versions) = (owner.clone(), name.clone(), versions.clone());
                 Box::pin(async move {
                     let updated = crate::queries::now();
-                    match tx {
-                        Tx::Postgres(c) => {
+                    let rows = match &mut tx.conn {
+                        Conn::Postgres(c) => {
                             sqlx::query_as::<_, RunRow>(PG_CLAIM)
                                 .bind(&owner)
                                 .bind(until)
@@ -126,10 +127,10 @@ impl Store {
                                 .bind(now)
                                 .bind(wall_now)
                                 .bind(limit)
-                                .fetch_all(&mut *c)
+                                .fetch_all(&mut **c)
                                 .await
                         }
-                        Tx::Sqlite(c) => {
+                        Conn::Sqlite(c) => {
                             sqlx::query_as::<_, RunRow>(SQLITE_CLAIM)
                                 .bind(&owner)
                                 .bind(until)
@@ -139,11 +140,20 @@ impl Store {
                                 .bind(now)
                                 .bind(wall_now)
                                 .bind(limit)
-                                .fetch_all(&mut *c)
+                                .fetch_all(&mut **c)
                                 .await
                         }
                     }
-                    .map_err(StoreError::from)
+                    .map_err(StoreError::from)?;
+                    for row in &rows {
+                        // A run that only has its on-complete handler left
+                        // changes for nobody.
+                        if !(row.finalize && row.status.is_finished()) {
+                            let run = WorkflowRun::from(row.clone());
+                            tx.emit(Change::run(&run, RunChange::Claimed));
+                        }
+                    }
+                    Ok(rows)
                 })
             }))
             .await?;
@@ -263,18 +273,24 @@ impl Store {
         self.write(job(move |mut tx| {
             let lease = lease.clone();
             Box::pin(async move {
-                on_conn!(&mut tx, c => sqlx::query(
+                const SQL: &str = concat!(
                     "UPDATE workflow_runs
                      SET lease_owner = NULL, lease_until = NULL, ready_at = COALESCE($4, ready_at)
-                     WHERE id = $1 AND lease_owner = $2 AND generation = $3",
-                )
-                .bind(lease.run_id)
-                .bind(&lease.owner)
-                .bind(lease.generation)
-                .bind(retry_at)
-                .execute(c)
-                .await
-                .map(|r| r.rows_affected()))?;
+                     WHERE id = $1 AND lease_owner = $2 AND generation = $3
+                     RETURNING ",
+                    run_columns!()
+                );
+                let row = on_conn!(&mut tx, c => sqlx::query_as::<_, RunRow>(SQL)
+                    .bind(lease.run_id)
+                    .bind(&lease.owner)
+                    .bind(lease.generation)
+                    .bind(retry_at)
+                    .fetch_optional(c)
+                    .await)?;
+                // Due again later: whoever dispatches must know.
+                if let (Some(row), Some(_)) = (row, retry_at) {
+                    tx.emit(Change::run(&WorkflowRun::from(row), RunChange::Updated));
+                }
                 Ok(())
             })
         }))
@@ -451,14 +467,15 @@ impl Store {
                     .bind(crate::queries::now())
                     .fetch_one(c)
                     .await)?;
-                Ok(WorkflowRun::from(row))
+                let run = WorkflowRun::from(row);
+                tx.emit(Change::run(&run, RunChange::Updated));
+                Ok(run)
             })
         }))
         .await
     }
 }
 
-/// Reads a run, locking its row on PostgreSQL (SQLite has one writer).
 /// Creates a run in the caller's transaction, ready at `ready_at` (µs,
 /// workflow clock), for whichever process claims it first: how a store
 /// write starts the run that must follow it, atomically.
@@ -470,7 +487,10 @@ pub(crate) async fn create_run_in(
     insert_run(tx, new, ready_at, None).await
 }
 
-async fn insert_run(
+/// Inserts a run, leased to `claim_for` (its process and lease end) if
+/// given, and announces it: the engine of the process it is leased to
+/// starts it, and any other learns that a run may be due.
+pub(crate) async fn insert_run(
     tx: &mut Tx<'_>,
     new: &NewRun,
     ready_at: i64,
@@ -500,12 +520,15 @@ async fn insert_run(
         .bind(crate::queries::now())
         .fetch_one(c)
         .await)?;
-    Ok(WorkflowRun::from(row))
+    let run = WorkflowRun::from(row);
+    tx.emit(Change::run(&run, RunChange::Created));
+    Ok(run)
 }
 
+/// Reads a run, locking its row on PostgreSQL (SQLite has one writer).
 pub(crate) async fn lock_run(tx: &mut Tx<'_>, id: RunId) -> Result<WorkflowRun, StoreError> {
-    let row = match tx {
-        Tx::Postgres(c) => {
+    let row = match &mut tx.conn {
+        Conn::Postgres(c) => {
             sqlx::query_as::<_, RunRow>(concat!(
                 "SELECT ",
                 run_columns!(),
@@ -515,7 +538,7 @@ pub(crate) async fn lock_run(tx: &mut Tx<'_>, id: RunId) -> Result<WorkflowRun, 
             .fetch_optional(&mut **c)
             .await?
         }
-        Tx::Sqlite(c) => {
+        Conn::Sqlite(c) => {
             sqlx::query_as::<_, RunRow>(concat!(
                 "SELECT ",
                 run_columns!(),
