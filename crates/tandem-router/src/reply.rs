@@ -22,6 +22,7 @@
 //! call is a step of its own, and the store is written before and after it.
 
 pub(crate) mod actions;
+mod finish;
 mod handover;
 
 use std::sync::{Arc, Mutex};
@@ -44,7 +45,8 @@ use tandem_workflows::{Context, RetryPolicy, StepError, Wakeup, WorkflowDef};
 
 use crate::decision::Decision;
 use crate::tools::{self, AskHuman, Escalate};
-use actions::{ConfidentReply, ModelTurn, Snapshot, Verdict};
+use actions::{ModelTurn, Snapshot, Verdict};
+use finish::{Answer, Decided, Finish};
 use handover::Handover;
 
 /// Bumped whenever the steps a run takes change shape, so that runs in
@@ -369,7 +371,7 @@ impl Reply<'_> {
             };
             self.usage += completion.usage;
             if completion.tool_calls.is_empty() {
-                return self.finish(completion, gate, reply_id).await;
+                return self.finish(completion, sensitive, reply_id).await;
             }
             if !completion.text.trim().is_empty() {
                 last_text = completion.text.clone();
@@ -544,101 +546,58 @@ impl Reply<'_> {
         Ok(())
     }
 
-    /// The model's final text: checked for confidence, then held for
-    /// approval or published.
+    /// The model's final text: [`finish::decide`] says whether it is
+    /// published, held for approval or escalated, and this does it.
     async fn finish(
         &mut self,
         completion: Completion,
-        gate: Option<&'static str>,
+        sensitive: bool,
         reply_id: MessageId,
     ) -> Result<ReplyOutcome, StepError> {
-        let policy = &self.snapshot.policy;
-        let mut confidence = None;
-        let mut text = completion.text.clone();
-        if policy.confidence.enabled {
-            match serde_json::from_str::<ConfidentReply>(&completion.text) {
-                Ok(reply)
-                    if !reply.reply.trim().is_empty()
-                        && (0.0..=1.0).contains(&reply.confidence) =>
-                {
-                    let low = reply.confidence < policy.confidence.threshold;
-                    self.decisions.push(Decision {
-                        strategy: "confidence".into(),
-                        responder: Some(if low { Responder::Human } else { Responder::Ai }),
-                        reason: format!(
-                            "confidence {:.2} {} the threshold {:.2}",
-                            reply.confidence,
-                            if low { "is below" } else { "meets" },
-                            policy.confidence.threshold
-                        ),
-                        model: Some(completion.model.clone()),
-                        latency_ms: completion.latency_ms,
-                        usage: Some(completion.usage),
-                    });
-                    if low {
-                        return self
-                            .hand_over(Handover::escalation(
-                                format!(
-                                    "the AI's confidence {:.2} is below {:.2}",
-                                    reply.confidence, policy.confidence.threshold
-                                ),
-                                Some(reply.reply),
-                            ))
-                            .await;
-                    }
-                    confidence = Some(reply.confidence);
-                    text = reply.reply;
-                }
-                _ => {
-                    self.decisions.push(Decision::rule(
-                        "fallback",
-                        Some(Responder::Human),
-                        "the model's answer did not fit the reply schema",
-                    ));
-                    return self
-                        .hand_over(Handover::escalation(
-                            "the model's answer was malformed".into(),
-                            None,
-                        ))
-                        .await;
-                }
+        let Decided { decisions, finish } = finish::decide(
+            &completion,
+            &self.snapshot.policy,
+            self.args.thread_id,
+            sensitive,
+        );
+        self.decisions.extend(decisions);
+        match finish {
+            Finish::Escalate { reason, suggestion } => {
+                self.hand_over(Handover::escalation(reason, suggestion))
+                    .await
+            }
+            Finish::Publish(answer) => {
+                let message = self.reply_message(&completion, &answer, reply_id);
+                self.publish(message).await
+            }
+            Finish::Draft { answer, why } => {
+                let message = self.reply_message(&completion, &answer, reply_id);
+                self.hold_for_approval(message, answer.text, why).await
             }
         }
-        if text.trim().is_empty() {
-            self.decisions.push(Decision::rule(
-                "fallback",
-                Some(Responder::Human),
-                "the model answered with no text",
-            ));
-            return self
-                .hand_over(Handover::escalation(
-                    "the model answered with no text".into(),
-                    None,
-                ))
-                .await;
-        }
-        let decision = Decision {
-            strategy: "ai".into(),
-            responder: Some(Responder::Ai),
-            reason: "the AI wrote the reply".into(),
-            model: Some(completion.model.clone()),
-            latency_ms: completion.latency_ms,
-            usage: Some(completion.usage),
-        };
-        self.decisions.push(decision.clone());
+    }
+
+    /// The AI's reply as a published message, with the record of how it
+    /// was made (every decision of the run so far) in its metadata.
+    fn reply_message(
+        &self,
+        completion: &Completion,
+        answer: &Answer,
+        reply_id: MessageId,
+    ) -> NewMessage {
         let agent = &self.replier.inner.agent;
         let mut metadata = json!({
             PROVIDER: completion.model,
             PROVIDER_METADATA: {"openai": {"finish_reason": completion.finish_reason}},
             USAGE: self.usage,
-            ROUTING: decision,
+            ROUTING: answer.routing,
             DECISIONS: self.decisions,
             RUN_ID: self.ctx.run_id(),
         });
-        if let Some(confidence) = confidence {
+        if let Some(confidence) = answer.confidence {
             metadata[CONFIDENCE] = json!(confidence);
         }
-        let message = NewMessage {
+        NewMessage {
             id: Some(reply_id),
             thread_id: self.args.thread_id,
             role: Role::Assistant,
@@ -647,16 +606,18 @@ impl Reply<'_> {
                 kind: AuthorKind::Ai,
                 id: Some(agent.name.clone()),
             },
-            content: Content::Text(text.clone()),
+            content: Content::Text(answer.text.clone()),
             visibility: Visibility::Public,
             status: MessageStatus::Published,
             metadata,
             reply_to: Some(self.args.message_id),
             customer_scope: None,
-        };
-        if let Some(why) = gate {
-            return self.hold_for_approval(message, text, why).await;
         }
+    }
+
+    /// Publishes the reply as the thread's next message, unless the thread
+    /// moved on meanwhile.
+    async fn publish(&mut self, message: NewMessage) -> Result<ReplyOutcome, StepError> {
         // A reply built on a human's answer still reaches a customer who
         // wrote again meanwhile and was answered; any other reply gives way
         // to the run of a newer customer message, which answers both.
@@ -689,8 +650,6 @@ impl Reply<'_> {
     ) -> Result<ReplyOutcome, StepError> {
         message.visibility = Visibility::Internal;
         message.status = MessageStatus::PendingApproval;
-        self.decisions.push(Decision::rule("approval", None, why));
-        message.metadata[DECISIONS] = json!(self.decisions);
         let opened = self
             .ctx
             .open_item(

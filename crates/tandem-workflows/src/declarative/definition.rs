@@ -4,9 +4,15 @@
 //! Parsing goes through a JSON value step by step (rather than one derived
 //! `Deserialize` with a tagged enum) so that every problem can name the
 //! step and the field it is in, and so that every problem of a file is
-//! reported at once.
+//! reported at once. What serde cannot check is checked by [`validate`]: the
+//! header and ids there, each kind's fields in [`step_fields`], references in
+//! [`references`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+mod references;
+mod step_fields;
+mod validate;
+
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::DeserializeOwned;
@@ -15,7 +21,6 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tandem_model::{AssignedTo, Visibility};
 
-use super::template::{Reference, Root, Template, strings_in};
 use crate::retry::RetryPolicy;
 
 /// The jump target that ends the run.
@@ -543,7 +548,7 @@ fn from_value(value: Value, problems: &mut Problems<'_>) -> Option<Definition> {
         places,
         unparsed,
     };
-    validate(&mut definition, &layout, problems);
+    validate::validate(&mut definition, &layout, problems);
     Some(definition)
 }
 
@@ -622,625 +627,6 @@ fn is_event_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-}
-
-/// Checks everything serde cannot: names, jumps, templates, URLs.
-fn validate(definition: &mut Definition, layout: &Layout, problems: &mut Problems<'_>) {
-    let step_count = layout.count;
-    if !is_name(&definition.name, &['-']) {
-        problems.add(
-            None,
-            Some("name"),
-            format!(
-                "{:?} must be 1 to 64 of a-z, 0-9, `_` and `-`",
-                definition.name
-            ),
-        );
-    }
-    if step_count == 0 {
-        problems.add(None, Some("steps"), "a workflow needs at least one step");
-    }
-    if step_count > MAX_STEPS {
-        problems.add(None, Some("steps"), format!("at most {MAX_STEPS} steps"));
-    }
-    for name in &definition.args.required {
-        if !is_event_name(name) {
-            problems.add(
-                None,
-                Some("args.required"),
-                format!("{name:?} is not a valid argument name"),
-            );
-        }
-    }
-
-    let mut seen = HashSet::new();
-    for step in &definition.steps {
-        let id = step.id.as_str();
-        if !is_name(id, &[]) {
-            problems.add(Some(id), Some("id"), "must be 1 to 64 of a-z, 0-9 and `_`");
-        } else if id == END {
-            problems.add(
-                Some(id),
-                Some("id"),
-                "`end` is reserved for `next = \"end\"`",
-            );
-        }
-        if !seen.insert(id) {
-            problems.add(Some(id), Some("id"), "another step has the same id");
-        }
-    }
-
-    // Owned, so that the loop below may normalize steps in place.
-    let mut shapes: HashMap<String, Shape> = HashMap::new();
-    for (step, &place) in definition.steps.iter().zip(&layout.places) {
-        shapes.entry(step.id.clone()).or_insert(Shape {
-            place,
-            kind: Some(step.action.kind()),
-            fields: step.action.result_fields(),
-            json: step.action.json_shape(),
-        });
-    }
-    for (id, place) in &layout.unparsed {
-        shapes.entry(id.clone()).or_insert(Shape {
-            place: *place,
-            kind: None,
-            fields: None,
-            json: JsonShape::Any,
-        });
-    }
-    let refs = RefCheck { shapes: &shapes };
-    let jump = |problems: &mut Problems<'_>, step: &str, field: &str, target: &str| {
-        if target != END && !shapes.contains_key(target) {
-            problems.add(
-                Some(step),
-                Some(field),
-                format!("jumps to unknown step {target:?}"),
-            );
-        }
-    };
-
-    for (step, &i) in definition.steps.iter_mut().zip(&layout.places) {
-        let id = step.id.clone();
-        let id = id.as_str();
-        if let Some(next) = &step.next {
-            if matches!(step.action, Action::Branch(_)) {
-                problems.add(
-                    Some(id),
-                    Some("next"),
-                    "a branch jumps with `cases` and `default`, not `next`",
-                );
-            }
-            jump(problems, id, "next", next);
-        }
-        let check = |problems: &mut Problems<'_>, field: &str, source: &str| {
-            refs.template(problems, id, Some(i), field, source)
-        };
-        match &mut step.action {
-            Action::Http(http) => {
-                check(problems, "url", &http.url);
-                check_url(problems, id, &http.url);
-                let mut lower = HashSet::new();
-                for (name, value) in &http.headers {
-                    let field = format!("headers.{name}");
-                    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                        problems.add(Some(id), Some(&field), "not a valid header name");
-                    }
-                    let name = name.to_ascii_lowercase();
-                    if RESERVED_HEADERS.contains(&name.as_str()) {
-                        problems.add(Some(id), Some(&field), "set by the engine on every request");
-                    }
-                    if !lower.insert(name) {
-                        problems.add(Some(id), Some(&field), "the same header twice");
-                    }
-                    check(problems, &field, value);
-                }
-                if let Some(body) = &http.body {
-                    let mut strings = Vec::new();
-                    strings_in(body, "body", &mut strings);
-                    for (field, source) in strings {
-                        check(problems, &field, source);
-                    }
-                }
-                check_retry(problems, id, &http.retry);
-                if !(1..=300_000).contains(&http.timeout_ms) {
-                    problems.add(Some(id), Some("timeout_ms"), "must be 1 to 300000");
-                }
-                if let Some(expect) = &http.expect {
-                    if expect.is_empty() {
-                        problems.add(Some(id), Some("expect"), "lists no status");
-                    }
-                    if let Some(bad) = expect.iter().find(|s| !(100..=599).contains(*s)) {
-                        problems.add(
-                            Some(id),
-                            Some("expect"),
-                            format!("{bad} is not an HTTP status"),
-                        );
-                    }
-                }
-            }
-            Action::Llm(llm) => {
-                check(problems, "system", &llm.system);
-                if llm.system.trim().is_empty() {
-                    problems.add(Some(id), Some("system"), "must not be empty");
-                }
-                match &llm.prompt {
-                    Some(prompt) => {
-                        check(problems, "prompt", prompt);
-                        if prompt.trim().is_empty() {
-                            problems.add(Some(id), Some("prompt"), "must not be empty");
-                        }
-                    }
-                    None if llm.thread_id.is_none() => problems.add(
-                        Some(id),
-                        Some("prompt"),
-                        "is required without `thread_id`: it is the user turn",
-                    ),
-                    None => {}
-                }
-                if let Some(thread) = &llm.thread_id {
-                    check(problems, "thread_id", thread);
-                }
-                match llm.history_budget_tokens {
-                    Some(_) if llm.thread_id.is_none() => problems.add(
-                        Some(id),
-                        Some("history_budget_tokens"),
-                        "only a step with `thread_id` sends a history",
-                    ),
-                    Some(budget) if !(500..=200_000).contains(&budget) => problems.add(
-                        Some(id),
-                        Some("history_budget_tokens"),
-                        "must be 500 to 200000",
-                    ),
-                    _ => {}
-                }
-                if let Some(model) = &llm.model
-                    && (model.trim().is_empty()
-                        || model.len() > 128
-                        || model.chars().any(char::is_whitespace))
-                {
-                    problems.add(
-                        Some(id),
-                        Some("model"),
-                        format!("{model:?} must be a model name: 1 to 128 characters, no spaces"),
-                    );
-                }
-                if let Some(schema) = &llm.schema {
-                    check_schema(problems, id, schema);
-                }
-                check_retry(problems, id, &llm.retry);
-                if let Some(target) = &llm.on_error {
-                    jump(problems, id, "on_error", target);
-                }
-            }
-            Action::AskHuman(ask) => {
-                check(problems, "thread_id", &ask.thread_id);
-                check(problems, "question", &ask.question);
-                if ask.question.trim().is_empty() {
-                    problems.add(Some(id), Some("question"), "must not be empty");
-                }
-                for (field, value) in [("reason", &ask.reason), ("agent_name", &ask.agent_name)] {
-                    if let Some(value) = value {
-                        check(problems, field, value);
-                    }
-                }
-                check_agent_name(problems, id, ask.agent_name.as_deref());
-                check_deadline(problems, id, ask.timeout_secs, ask.on_timeout.as_deref());
-                if let Some(target) = &ask.on_timeout {
-                    jump(problems, id, "on_timeout", target);
-                }
-            }
-            Action::Approval(approval) => {
-                check(problems, "thread_id", &approval.thread_id);
-                check(problems, "text", &approval.text);
-                if approval.text.trim().is_empty() {
-                    problems.add(Some(id), Some("text"), "must not be empty");
-                }
-                for (field, value) in [
-                    ("reason", &approval.reason),
-                    ("agent_name", &approval.agent_name),
-                ] {
-                    if let Some(value) = value {
-                        check(problems, field, value);
-                    }
-                }
-                check_agent_name(problems, id, approval.agent_name.as_deref());
-                check_deadline(
-                    problems,
-                    id,
-                    approval.timeout_secs,
-                    approval.on_timeout.as_deref(),
-                );
-                if let Some(target) = &approval.on_timeout {
-                    jump(problems, id, "on_timeout", target);
-                }
-            }
-            Action::WaitEvent(wait) => {
-                if !is_event_name(&wait.event) {
-                    problems.add(
-                        Some(id),
-                        Some("event"),
-                        format!(
-                            "{:?} must be 1 to 64 of letters, digits, `_`, `-` and `.`",
-                            wait.event
-                        ),
-                    );
-                }
-                if wait
-                    .timeout_secs
-                    .is_some_and(|t| !(1..=MAX_SECS).contains(&t))
-                {
-                    problems.add(
-                        Some(id),
-                        Some("timeout_secs"),
-                        "must be 1 to 315360000 (ten years)",
-                    );
-                }
-                if let Some(target) = &wait.on_timeout {
-                    if wait.timeout_secs.is_none() {
-                        problems.add(
-                            Some(id),
-                            Some("on_timeout"),
-                            "needs `timeout_secs`: without a deadline it never fires",
-                        );
-                    }
-                    jump(problems, id, "on_timeout", target);
-                }
-                if !(1..=MAX_SECS).contains(&wait.resume_url_ttl_secs) {
-                    problems.add(
-                        Some(id),
-                        Some("resume_url_ttl_secs"),
-                        "must be 1 to 315360000 (ten years)",
-                    );
-                }
-            }
-            Action::Sleep(sleep) => {
-                if !(1..=MAX_SECS).contains(&sleep.seconds) {
-                    problems.add(
-                        Some(id),
-                        Some("seconds"),
-                        "must be 1 to 315360000 (ten years)",
-                    );
-                }
-            }
-            Action::PostMessage(post) => {
-                check(problems, "thread_id", &post.thread_id);
-                check(problems, "text", &post.text);
-                check(problems, "agent_name", &post.agent_name);
-                if post.text.trim().is_empty() {
-                    problems.add(Some(id), Some("text"), "must not be empty");
-                }
-                if post.agent_name.trim().is_empty() || post.agent_name.chars().count() > 128 {
-                    problems.add(Some(id), Some("agent_name"), "must be 1 to 128 characters");
-                }
-            }
-            Action::Assign(assign) => {
-                check(problems, "thread_id", &assign.thread_id);
-                for (field, value) in [
-                    ("assignee", &assign.assignee),
-                    ("team", &assign.team),
-                    ("reason", &assign.reason),
-                ] {
-                    if let Some(value) = value {
-                        check(problems, field, value);
-                    }
-                }
-                if assign.assignee.is_some() && assign.to != AssignedTo::Human {
-                    problems.add(
-                        Some(id),
-                        Some("assignee"),
-                        "only a thread assigned `to = \"human\"` has an assignee",
-                    );
-                }
-            }
-            Action::Branch(branch) => {
-                // `on` is a path; braces are tolerated and dropped, so both
-                // spellings are the same definition (and version).
-                let bare = strip_braces(&branch.on).to_owned();
-                match Reference::parse(&bare) {
-                    Ok(reference) if reference.root == Root::ResumeUrl => {
-                        problems.add(Some(id), Some("on"), "a branch cannot look at a resume URL");
-                    }
-                    Ok(reference) => refs.reference(problems, id, Some(i), "on", &reference),
-                    Err(e) => problems.add(Some(id), Some("on"), e.0),
-                }
-                branch.on = bare;
-                for (case, target) in &branch.cases {
-                    jump(problems, id, &format!("cases.{case}"), target);
-                }
-                if let Some(target) = &branch.default {
-                    jump(problems, id, "default", target);
-                }
-            }
-        }
-    }
-
-    if let Some(output) = &definition.output {
-        let mut strings = Vec::new();
-        strings_in(output, "output", &mut strings);
-        for (field, source) in strings {
-            refs.template(problems, "", None, &field, source);
-        }
-    }
-}
-
-fn check_retry(problems: &mut Problems<'_>, id: &str, retry: &RetryPolicy) {
-    if !(1..=100).contains(&retry.max_attempts) {
-        problems.add(Some(id), Some("retry.max_attempts"), "must be 1 to 100");
-    }
-    if !(retry.multiplier.is_finite() && retry.multiplier >= 1.0) {
-        problems.add(Some(id), Some("retry.multiplier"), "must be at least 1");
-    }
-    for (field, ms) in [
-        ("retry.initial_backoff_ms", retry.initial_backoff_ms),
-        ("retry.max_backoff_ms", retry.max_backoff_ms),
-    ] {
-        if ms > MAX_SECS * 1000 {
-            problems.add(Some(id), Some(field), "at most ten years");
-        }
-    }
-    if !(0.0..=1.0).contains(&retry.jitter) {
-        problems.add(Some(id), Some("retry.jitter"), "must be 0 to 1");
-    }
-}
-
-/// A literal `agent_name` must fit a message's; a template is checked when
-/// the step runs.
-fn check_agent_name(problems: &mut Problems<'_>, id: &str, name: Option<&str>) {
-    if let Some(name) = name
-        && (name.trim().is_empty() || name.chars().count() > 128)
-    {
-        problems.add(Some(id), Some("agent_name"), "must be 1 to 128 characters");
-    }
-}
-
-/// The deadline of a step that waits for a person.
-fn check_deadline(
-    problems: &mut Problems<'_>,
-    id: &str,
-    timeout_secs: Option<u64>,
-    on_timeout: Option<&str>,
-) {
-    if timeout_secs.is_some_and(|t| !(1..=MAX_SECS).contains(&t)) {
-        problems.add(
-            Some(id),
-            Some("timeout_secs"),
-            "must be 1 to 315360000 (ten years)",
-        );
-    }
-    if on_timeout.is_some() && timeout_secs.is_none() {
-        problems.add(
-            Some(id),
-            Some("on_timeout"),
-            "needs `timeout_secs`: without a deadline it never fires",
-        );
-    }
-}
-
-/// Structured output wants a JSON Schema whose root is an object (the
-/// providers' `response_format: json_schema` does).
-fn check_schema(problems: &mut Problems<'_>, id: &str, schema: &Value) {
-    let Some(object) = schema.as_object() else {
-        problems.add(
-            Some(id),
-            Some("schema"),
-            "must be a JSON Schema: a table/object",
-        );
-        return;
-    };
-    if object.get("type") != Some(&Value::String("object".into())) {
-        problems.add(
-            Some(id),
-            Some("schema.type"),
-            "must be \"object\": a structured answer is a JSON object",
-        );
-    }
-    if let Some(properties) = object.get("properties")
-        && !properties.is_object()
-    {
-        problems.add(
-            Some(id),
-            Some("schema.properties"),
-            "must be a table/object of property schemas",
-        );
-    }
-    if let Some(required) = object.get("required") {
-        let names: Option<Vec<&str>> = required
-            .as_array()
-            .and_then(|list| list.iter().map(Value::as_str).collect());
-        match names {
-            None => problems.add(
-                Some(id),
-                Some("schema.required"),
-                "must be a list of property names",
-            ),
-            Some(names) => {
-                let properties = object.get("properties").and_then(Value::as_object);
-                for name in names {
-                    if properties.is_some_and(|p| !p.contains_key(name)) {
-                        problems.add(
-                            Some(id),
-                            Some("schema.required"),
-                            format!("{name:?} is not one of `properties`"),
-                        );
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// "a" or "an", as the kind's name is said.
-fn article(kind: &str) -> &'static str {
-    match kind {
-        "http" | "llm" | "assign" | "ask_human" | "approval" => "an",
-        _ => "a",
-    }
-}
-
-fn strip_braces(on: &str) -> &str {
-    let trimmed = on.trim();
-    trimmed
-        .strip_prefix("{{")
-        .and_then(|s| s.strip_suffix("}}"))
-        .unwrap_or(trimmed)
-        .trim()
-}
-
-/// An `http` step's URL, when it does not start with a reference, must be
-/// an http(s) URL (with each reference standing in as a plain word); one
-/// that starts with a reference is checked when the step runs.
-fn check_url(problems: &mut Problems<'_>, step: &str, source: &str) {
-    let Ok(template) = Template::parse(source) else {
-        return;
-    };
-    if template.literal_prefix().is_empty() && template.references().next().is_some() {
-        return;
-    }
-    let mut sample = String::new();
-    let mut rest = source;
-    while let Some(start) = rest.find("{{") {
-        sample.push_str(&rest[..start]);
-        sample.push('x');
-        rest = rest[start..]
-            .find("}}")
-            .map_or("", |end| &rest[start + end + 2..]);
-    }
-    sample.push_str(rest);
-    match url::Url::parse(&sample) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
-        Ok(_) => problems.add(
-            Some(step),
-            Some("url"),
-            format!("{source:?} must be an http:// or https:// URL"),
-        ),
-        Err(e) => problems.add(
-            Some(step),
-            Some("url"),
-            format!("{source:?} is not a valid URL: {e}"),
-        ),
-    }
-}
-
-/// What references need to know of a step.
-struct Shape {
-    /// Its first place (ids are unique once the definition is valid).
-    place: usize,
-    /// `None` for a step that did not parse.
-    kind: Option<&'static str>,
-    /// See [`Action::result_fields`].
-    fields: Option<&'static [&'static str]>,
-    /// See [`Action::json_shape`].
-    json: JsonShape,
-}
-
-/// Checks references against the steps they name.
-struct RefCheck<'a> {
-    shapes: &'a HashMap<String, Shape>,
-}
-
-impl RefCheck<'_> {
-    /// `at` is the referring step's place; `None` for the output, which
-    /// may name any step.
-    fn template(
-        &self,
-        problems: &mut Problems<'_>,
-        step: &str,
-        at: Option<usize>,
-        field: &str,
-        source: &str,
-    ) {
-        let step_label = (!step.is_empty()).then_some(step);
-        match Template::parse(source) {
-            Ok(template) => {
-                for reference in template.references() {
-                    self.reference(problems, step, at, field, reference);
-                }
-            }
-            Err(e) => problems.add(step_label, Some(field), e.0),
-        }
-    }
-
-    fn reference(
-        &self,
-        problems: &mut Problems<'_>,
-        step: &str,
-        at: Option<usize>,
-        field: &str,
-        reference: &Reference,
-    ) {
-        let step_label = (!step.is_empty()).then_some(step);
-        let mut problem = |message: String| {
-            problems.add(
-                step_label,
-                Some(field),
-                format!("`{{{{{reference}}}}}`: {message}"),
-            );
-        };
-        match reference.root {
-            Root::Args => {}
-            Root::Run => {
-                if !matches!(reference.path.as_slice(), [f] if matches!(f.as_str(), "id" | "name" | "version"))
-                {
-                    problem("the run has `run.id`, `run.name` and `run.version`".into());
-                }
-            }
-            Root::ResumeUrl => match reference.path.as_slice() {
-                [target] => match self.shapes.get(target).map(|s| s.kind) {
-                    Some(Some("wait_event") | None) => {}
-                    Some(Some(kind)) => problem(format!(
-                        "step {target:?} is a {kind} step, not a wait_event"
-                    )),
-                    None => problem(format!("no step {target:?}")),
-                },
-                _ => problem("write `resume_url.<wait_event step id>`".into()),
-            },
-            Root::Steps => {
-                let Some((target, rest)) = reference.path.split_first() else {
-                    problem("write `steps.<step id>…`".into());
-                    return;
-                };
-                let Some(shape) = self.shapes.get(target) else {
-                    problem(format!("no step {target:?}"));
-                    return;
-                };
-                if at.is_some_and(|at| shape.place >= at) {
-                    problem(format!(
-                        "step {target:?} does not come before this one, so it has no result here"
-                    ));
-                    return;
-                }
-                if let (Some(first), Some(fields)) = (rest.first(), shape.fields)
-                    && !fields.contains(&first.as_str())
-                {
-                    let kind = shape.kind.unwrap_or_default();
-                    problem(format!(
-                        "{} {kind} step's result has {}",
-                        article(kind),
-                        fields
-                            .iter()
-                            .map(|f| format!("`{f}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                    return;
-                }
-                if rest.first().map(String::as_str) == Some("json") {
-                    match (&shape.json, rest.get(1)) {
-                        (JsonShape::None, _) => problem(format!(
-                            "step {target:?} has no `schema`, so its result has no `json` \
-                             (its answer is `text`)"
-                        )),
-                        (JsonShape::Properties(names), Some(field)) if !names.contains(field) => {
-                            problem(format!(
-                                "the `schema` of step {target:?} has no property {field:?}"
-                            ))
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        }
-    }
 }
 
 impl Definition {
@@ -2181,5 +1567,189 @@ seconds = 1
             ..branch
         };
         assert_eq!(no_default.target(&json!({"a": 1})), None);
+    }
+
+    /// A file with a problem of every kind the validator looks for.
+    const EVERY_PROBLEM: &str = r#"
+name = "Bad Name"
+output = { last = "{{steps.nowhere.body}}", run = "{{run.nope}}" }
+[args]
+required = ["ok", "not valid"]
+
+[[steps]]
+id = "end"
+kind = "sleep"
+seconds = 0
+
+[[steps]]
+id = "Bad"
+kind = "sleep"
+seconds = 5
+next = "nowhere"
+
+[[steps]]
+id = "call"
+kind = "http"
+url = "ftp://example.com/{{steps.later.body}}"
+headers = { "Bad Header" = "x", "Host" = "h", "X-A" = "{{args.a}}", "x-a" = "{{nope.x}}" }
+body = { callback = "{{resume_url.call}}", again = "{{steps.call.body}}" }
+retry = { max_attempts = 0, multiplier = 0.5, initial_backoff_ms = 999999999999999, jitter = 2.0 }
+timeout_ms = 0
+expect = [99]
+
+[[steps]]
+id = "think"
+kind = "llm"
+system = " "
+history_budget_tokens = 1000
+model = "a b"
+schema = { type = "array", properties = 1, required = [1] }
+on_error = "gone"
+
+[[steps]]
+id = "think2"
+kind = "llm"
+system = "s"
+prompt = " "
+thread_id = "{{args.t}}"
+history_budget_tokens = 100
+schema = { type = "object", properties = { a = {} }, required = ["b"] }
+
+[[steps]]
+id = "ask"
+kind = "ask_human"
+thread_id = "{{args.t}}"
+question = " "
+agent_name = " "
+timeout_secs = 0
+on_timeout = "gone"
+
+[[steps]]
+id = "review"
+kind = "approval"
+thread_id = "{{steps.think.text.x}}"
+text = "{{steps.think2.json.c}}"
+reason = "{{steps.think2.jsn}}"
+on_timeout = "gone"
+
+[[steps]]
+id = "wait"
+kind = "wait_event"
+event = "bad event"
+timeout_secs = 0
+resume_url_ttl_secs = 0
+
+[[steps]]
+id = "wait2"
+kind = "wait_event"
+event = "e"
+on_timeout = "gone"
+
+[[steps]]
+id = "post"
+kind = "post_message"
+thread_id = "{{steps.wait.payload}}"
+text = " "
+agent_name = ""
+
+[[steps]]
+id = "give"
+kind = "assign"
+thread_id = "{{resume_url.post}}"
+to = "ai"
+assignee = "sam"
+reason = "{{steps.give.id}}"
+
+[[steps]]
+id = "route"
+kind = "branch"
+on = "{{resume_url.wait}}"
+next = "end"
+cases = { a = "gone" }
+default = "gone2"
+
+[[steps]]
+id = "route2"
+kind = "branch"
+on = "steps.route3.value"
+
+[[steps]]
+id = "route3"
+kind = "branch"
+on = "bad root"
+
+[[steps]]
+id = "call"
+kind = "nope"
+"#;
+
+    #[test]
+    fn problems_come_in_the_order_of_the_file() {
+        let found: Vec<String> = problems(EVERY_PROBLEM)
+            .iter()
+            .map(Problem::to_string)
+            .collect();
+        let expected = [
+            r#"flow.toml: step "call": field `kind`: unknown kind "nope", expected one of http, wait_event, sleep, post_message, assign, branch, llm, ask_human, approval"#,
+            r#"flow.toml: field `name`: "Bad Name" must be 1 to 64 of a-z, 0-9, `_` and `-`"#,
+            r#"flow.toml: field `args.required`: "not valid" is not a valid argument name"#,
+            r#"flow.toml: step "end": field `id`: `end` is reserved for `next = "end"`"#,
+            r#"flow.toml: step "Bad": field `id`: must be 1 to 64 of a-z, 0-9 and `_`"#,
+            r#"flow.toml: step "end": field `seconds`: must be 1 to 315360000 (ten years)"#,
+            r#"flow.toml: step "Bad": field `next`: jumps to unknown step "nowhere""#,
+            r#"flow.toml: step "call": field `url`: `{{steps.later.body}}`: no step "later""#,
+            r#"flow.toml: step "call": field `url`: "ftp://example.com/{{steps.later.body}}" must be an http:// or https:// URL"#,
+            r#"flow.toml: step "call": field `headers.Bad Header`: not a valid header name"#,
+            r#"flow.toml: step "call": field `headers.Host`: set by the engine on every request"#,
+            r#"flow.toml: step "call": field `headers.x-a`: the same header twice"#,
+            r#"flow.toml: step "call": field `headers.x-a`: `nope.x` must start with `args`, `steps`, `run` or `resume_url`"#,
+            r#"flow.toml: step "call": field `body.again`: `{{steps.call.body}}`: step "call" does not come before this one, so it has no result here"#,
+            r#"flow.toml: step "call": field `body.callback`: `{{resume_url.call}}`: step "call" is a http step, not a wait_event"#,
+            r#"flow.toml: step "call": field `retry.max_attempts`: must be 1 to 100"#,
+            r#"flow.toml: step "call": field `retry.multiplier`: must be at least 1"#,
+            r#"flow.toml: step "call": field `retry.initial_backoff_ms`: at most ten years"#,
+            r#"flow.toml: step "call": field `retry.jitter`: must be 0 to 1"#,
+            r#"flow.toml: step "call": field `timeout_ms`: must be 1 to 300000"#,
+            r#"flow.toml: step "call": field `expect`: 99 is not an HTTP status"#,
+            r#"flow.toml: step "think": field `system`: must not be empty"#,
+            r#"flow.toml: step "think": field `prompt`: is required without `thread_id`: it is the user turn"#,
+            r#"flow.toml: step "think": field `history_budget_tokens`: only a step with `thread_id` sends a history"#,
+            r#"flow.toml: step "think": field `model`: "a b" must be a model name: 1 to 128 characters, no spaces"#,
+            r#"flow.toml: step "think": field `schema.type`: must be "object": a structured answer is a JSON object"#,
+            r#"flow.toml: step "think": field `schema.properties`: must be a table/object of property schemas"#,
+            r#"flow.toml: step "think": field `schema.required`: must be a list of property names"#,
+            r#"flow.toml: step "think": field `on_error`: jumps to unknown step "gone""#,
+            r#"flow.toml: step "think2": field `prompt`: must not be empty"#,
+            r#"flow.toml: step "think2": field `history_budget_tokens`: must be 500 to 200000"#,
+            r#"flow.toml: step "think2": field `schema.required`: "b" is not one of `properties`"#,
+            r#"flow.toml: step "ask": field `question`: must not be empty"#,
+            r#"flow.toml: step "ask": field `agent_name`: must be 1 to 128 characters"#,
+            r#"flow.toml: step "ask": field `timeout_secs`: must be 1 to 315360000 (ten years)"#,
+            r#"flow.toml: step "ask": field `on_timeout`: jumps to unknown step "gone""#,
+            r#"flow.toml: step "review": field `text`: `{{steps.think2.json.c}}`: the `schema` of step "think2" has no property "c""#,
+            r#"flow.toml: step "review": field `reason`: `{{steps.think2.jsn}}`: an llm step's result has `text`, `json`, `model`, `usage`, `latency_ms`, `error`"#,
+            r#"flow.toml: step "review": field `on_timeout`: needs `timeout_secs`: without a deadline it never fires"#,
+            r#"flow.toml: step "review": field `on_timeout`: jumps to unknown step "gone""#,
+            r#"flow.toml: step "wait": field `event`: "bad event" must be 1 to 64 of letters, digits, `_`, `-` and `.`"#,
+            r#"flow.toml: step "wait": field `timeout_secs`: must be 1 to 315360000 (ten years)"#,
+            r#"flow.toml: step "wait": field `resume_url_ttl_secs`: must be 1 to 315360000 (ten years)"#,
+            r#"flow.toml: step "wait2": field `on_timeout`: needs `timeout_secs`: without a deadline it never fires"#,
+            r#"flow.toml: step "wait2": field `on_timeout`: jumps to unknown step "gone""#,
+            r#"flow.toml: step "post": field `thread_id`: `{{steps.wait.payload}}`: a wait_event step's result has `event`, `timed_out`"#,
+            r#"flow.toml: step "post": field `text`: must not be empty"#,
+            r#"flow.toml: step "post": field `agent_name`: must be 1 to 128 characters"#,
+            r#"flow.toml: step "give": field `thread_id`: `{{resume_url.post}}`: step "post" is a post_message step, not a wait_event"#,
+            r#"flow.toml: step "give": field `reason`: `{{steps.give.id}}`: step "give" does not come before this one, so it has no result here"#,
+            r#"flow.toml: step "give": field `assignee`: only a thread assigned `to = "human"` has an assignee"#,
+            r#"flow.toml: step "route": field `next`: a branch jumps with `cases` and `default`, not `next`"#,
+            r#"flow.toml: step "route": field `on`: a branch cannot look at a resume URL"#,
+            r#"flow.toml: step "route": field `cases.a`: jumps to unknown step "gone""#,
+            r#"flow.toml: step "route": field `default`: jumps to unknown step "gone2""#,
+            r#"flow.toml: step "route2": field `on`: `{{steps.route3.value}}`: step "route3" does not come before this one, so it has no result here"#,
+            r#"flow.toml: step "route3": field `on`: `bad root` must start with `args`, `steps`, `run` or `resume_url`"#,
+            r#"flow.toml: field `output.last`: `{{steps.nowhere.body}}`: no step "nowhere""#,
+            r#"flow.toml: field `output.run`: `{{run.nope}}`: the run has `run.id`, `run.name` and `run.version`"#,
+        ];
+        assert_eq!(found, expected, "{found:#?}");
     }
 }
