@@ -1,8 +1,9 @@
 //! Who may do what: 401 without a valid token, 404 for other customers'
-//! threads, 400 for fields a customer may not set, agents as themselves only.
+//! threads, 400 for fields a customer may not set, agents as themselves only,
+//! and every route refusing the tokens it does not admit.
 
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 use tandem_tests::TestServer;
 
 #[tokio::test]
@@ -273,6 +274,115 @@ async fn tokens_are_stored_hashed() {
     assert_eq!(
         server.get("/v1/threads", &secret).await.status,
         StatusCode::OK
+    );
+    server.stop().await;
+}
+
+/// Every route of the OpenAPI document says who may call it
+/// (`x-tandem-callers`), and means it: a token of a kind the route does not
+/// admit is refused before the route does anything (403, or 404 for a
+/// thread that is not the caller's), and only the routes listed here admit
+/// customers. A new route that forgot its access extractor fails here.
+#[tokio::test]
+async fn every_route_says_who_may_call_it_and_refuses_everyone_else() {
+    let server = TestServer::start().await;
+    let own = server.thread_for("walker").await;
+    let theirs = server.thread_for("someone-else").await;
+    let tokens = [
+        ("admin", server.admin.clone()),
+        ("agent", server.agent("Sam").await),
+        ("customer", server.customer("walker").await),
+    ];
+    // No token: each checks credentials of its own, or none.
+    let public = [
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("post", "/v1/hooks/workflows/{id}/events/{name}"),
+        ("post", "/v1/customers/sessions"),
+        ("get", "/v1/agents/sessions"),
+        ("post", "/v1/agents/sessions"),
+        ("delete", "/v1/agents/sessions"),
+    ];
+    // What a customer may call; every other route is staff's.
+    let for_customers = [
+        ("get", "/v1/threads"),
+        ("post", "/v1/threads"),
+        ("get", "/v1/threads/{id}"),
+        ("get", "/v1/threads/{id}/messages"),
+        ("post", "/v1/threads/{id}/messages"),
+        ("post", "/v1/ws/tickets"),
+    ];
+    let doc = server.call(Method::GET, "/openapi.json", None, None).await;
+    let mut seen = Vec::new();
+    let mut refusals = 0;
+    for (path, item) in doc.body["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("a path item") {
+            let route = (method.as_str(), path.as_str());
+            seen.push((method.clone(), path.clone()));
+            let callers = &operation["x-tandem-callers"];
+            if public.contains(&route) {
+                assert!(
+                    operation["security"].is_null() && callers.is_null(),
+                    "{method} {path} takes no token: {operation:#}"
+                );
+                continue;
+            }
+            assert!(
+                operation["security"].is_array(),
+                "{method} {path} takes a token: {operation:#}"
+            );
+            let callers: Vec<&str> = callers
+                .as_array()
+                .unwrap_or_else(|| panic!("{method} {path} says who may call it: {operation:#}"))
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert_eq!(
+                callers.contains(&"customer"),
+                for_customers.contains(&route),
+                "{method} {path} admits {callers:?}"
+            );
+            let http_method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+            for (kind, token) in &tokens {
+                if callers.contains(kind) {
+                    continue;
+                }
+                for thread in [&own, &theirs] {
+                    let url = path
+                        .replace("{id}", thread)
+                        .replace("{name}", "me")
+                        .replace("{message_id}", &uuid::Uuid::now_v7().to_string());
+                    let body = (method != "get").then(|| json!({}));
+                    let response = server
+                        .call(http_method.clone(), &url, Some(token), body)
+                        .await;
+                    let refused = match response.status {
+                        StatusCode::FORBIDDEN => response.body["error"]["code"] == "forbidden",
+                        // A thread that is not the caller's does not exist.
+                        StatusCode::NOT_FOUND => {
+                            thread == &theirs && response.body["error"]["code"] == "not_found"
+                        }
+                        _ => false,
+                    };
+                    assert!(
+                        refused,
+                        "{kind} at {method} {url}: {} {}",
+                        response.status, response.text
+                    );
+                    refusals += 1;
+                }
+            }
+        }
+    }
+    for (method, path) in public.iter().chain(&for_customers) {
+        assert!(
+            seen.iter().any(|(m, p)| m == method && p == path),
+            "{method} {path} is in the document"
+        );
+    }
+    assert!(
+        refusals > 50,
+        "the walk reached the staff routes: {refusals}"
     );
     server.stop().await;
 }

@@ -10,8 +10,8 @@
 //!   inbox, routing) plus operations (health, readiness, metrics, the
 //!   OpenAPI document).
 //! - [`http`]: what every route shares: the error type and its one mapping to
-//!   HTTP, extractors that keep bad input in that format, authentication,
-//!   rate limits and request metrics.
+//!   HTTP, extractors that keep bad input in that format, authentication, who
+//!   may call a route (the access extractors), rate limits and request metrics.
 //! - [`hub`]: the WebSocket push hub: subscriptions, fan-out in `seq` order,
 //!   backpressure, and the signals that keep several processes in step.
 //! - [`replies`]: the `reply` run a customer message starts, created with

@@ -19,7 +19,7 @@ use tandem_store::queries::desk::{MAX_TEAM_CHARS, MAX_TEAMS};
 
 use crate::AppState;
 use crate::http::extract::ApiPath;
-use crate::http::{ApiError, ApiJson, Principal};
+use crate::http::{Admin, ApiError, ApiJson, Staff};
 
 pub fn router() -> ApiRouter<AppState> {
     ApiRouter::new()
@@ -40,22 +40,11 @@ pub struct AgentList {
     pub agents: Vec<DeskAgent>,
 }
 
-fn staff(principal: &Principal) -> Result<(), ApiError> {
-    match principal {
-        Principal::Customer { .. } => Err(ApiError::forbidden(
-            "forbidden",
-            "customer tokens may not see the desk",
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// The agent a path names: `me` is the caller (an agent token only).
-fn resolve(principal: &Principal, name: &str) -> Result<String, ApiError> {
-    staff(principal)?;
-    match (name, principal) {
-        ("me", Principal::Agent { name, .. }) => Ok(name.clone()),
-        ("me", _) => Err(ApiError::bad_request(
+fn resolve(staff: &Staff, name: &str) -> Result<String, ApiError> {
+    match (name, staff.agent_name()) {
+        ("me", Some(me)) => Ok(me.to_owned()),
+        ("me", None) => Err(ApiError::bad_request(
             "not_an_agent",
             "`me` names the calling agent; this token is not an agent's",
         )),
@@ -64,21 +53,17 @@ fn resolve(principal: &Principal, name: &str) -> Result<String, ApiError> {
 }
 
 /// Every agent the desk knows, with presence, teams, capacity and load.
-async fn list_agents(
-    State(state): State<AppState>,
-    principal: Principal,
-) -> Result<Json<AgentList>, ApiError> {
-    staff(&principal)?;
+async fn list_agents(State(state): State<AppState>, _: Staff) -> Result<Json<AgentList>, ApiError> {
     let agents = state.store.desk_agents().await?;
     Ok(Json(AgentList { agents }))
 }
 
 async fn get_agent(
     State(state): State<AppState>,
-    principal: Principal,
+    staff: Staff,
     ApiPath(AgentPath { name }): ApiPath<AgentPath>,
 ) -> Result<Json<DeskAgent>, ApiError> {
-    let name = resolve(&principal, &name)?;
+    let name = resolve(&staff, &name)?;
     let agent = state
         .store
         .desk_agent(&name)
@@ -100,16 +85,10 @@ pub struct Configure {
 /// know is added, offline.
 async fn configure(
     State(state): State<AppState>,
-    principal: Principal,
+    _: Admin,
     ApiPath(AgentPath { name }): ApiPath<AgentPath>,
     ApiJson(request): ApiJson<Configure>,
 ) -> Result<Json<DeskAgent>, ApiError> {
-    if !matches!(principal, Principal::Admin { .. }) {
-        return Err(ApiError::forbidden(
-            "forbidden",
-            "only an admin token sets agents' teams and capacity",
-        ));
-    }
     check_name(&name)?;
     if request.capacity.is_some_and(|c| c > 1_000) {
         return Err(invalid("capacity must be between 0 and 1000"));
@@ -152,13 +131,13 @@ pub struct SetPresence {
 /// admin for anyone. `offline` puts the agent's items back in the queue.
 async fn set_presence(
     State(state): State<AppState>,
-    principal: Principal,
+    staff: Staff,
     ApiPath(AgentPath { name }): ApiPath<AgentPath>,
     ApiJson(request): ApiJson<SetPresence>,
 ) -> Result<Json<DeskAgent>, ApiError> {
-    let name = resolve(&principal, &name)?;
-    if let Principal::Agent { name: me, .. } = &principal
-        && *me != name
+    let name = resolve(&staff, &name)?;
+    if let Some(me) = staff.agent_name()
+        && me != name
     {
         return Err(ApiError::forbidden(
             "not_yourself",

@@ -17,7 +17,7 @@ use tandem_model::{AssignedTo, Assignment, MessageId, NewAssignment, Thread, Thr
 use super::threads::ThreadPath;
 use crate::AppState;
 use crate::http::extract::ApiPath;
-use crate::http::{ApiError, ApiJson, Principal};
+use crate::http::{Admin, Agent, ApiError, ApiJson, Staff, StaffOnThread};
 
 const MAX_REASON_CHARS: usize = 500;
 const MAX_NAME_CHARS: usize = 255;
@@ -49,12 +49,11 @@ pub struct AssignmentHistory {
 
 async fn put_assignment(
     State(state): State<AppState>,
-    principal: Principal,
+    StaffOnThread(staff): StaffOnThread,
     ApiPath(ThreadPath { id }): ApiPath<ThreadPath>,
     ApiJson(request): ApiJson<PutAssignment>,
 ) -> Result<Json<Thread>, ApiError> {
-    staff_only(&state, &principal, id).await?;
-    let new = check(&principal, id, request)?;
+    let new = check(&staff, id, request)?;
     let takeover = new.assigned_to == AssignedTo::Human;
     let thread = state.store.assign_thread(new).await?;
     if takeover {
@@ -65,10 +64,9 @@ async fn put_assignment(
 
 async fn list_assignments(
     State(state): State<AppState>,
-    principal: Principal,
+    _: StaffOnThread,
     ApiPath(ThreadPath { id }): ApiPath<ThreadPath>,
 ) -> Result<Json<AssignmentHistory>, ApiError> {
-    staff_only(&state, &principal, id).await?;
     state
         .store
         .get_thread(id, None)
@@ -78,26 +76,9 @@ async fn list_assignments(
     Ok(Json(AssignmentHistory { assignments }))
 }
 
-/// Customers may not assign: 403 on their own thread, 404 on any other (a
-/// customer learns nothing about threads that are not theirs).
-async fn staff_only(state: &AppState, principal: &Principal, id: ThreadId) -> Result<(), ApiError> {
-    let Some(own) = principal.customer_scope() else {
-        return Ok(());
-    };
-    state
-        .store
-        .get_thread(id, Some(own))
-        .await?
-        .ok_or(ApiError::NotFound("thread"))?;
-    Err(ApiError::forbidden(
-        "forbidden",
-        "customer tokens may not assign threads",
-    ))
-}
-
 /// Validates the request against the caller's permissions.
 fn check(
-    principal: &Principal,
+    staff: &Staff,
     thread_id: ThreadId,
     request: PutAssignment,
 ) -> Result<NewAssignment, ApiError> {
@@ -116,9 +97,9 @@ fn check(
     if agent_id.is_some() && request.assigned_to != AssignedTo::Human {
         return Err(invalid("`agent_id` goes only with `assigned_to: human`"));
     }
-    let (by_kind, by_id, assignee) = match principal {
-        Principal::Admin { token } => ("admin", token.to_string(), agent_id),
-        Principal::Agent { name, .. } => {
+    let (by_kind, by_id, assignee) = match staff {
+        Staff::Admin(Admin { token }) => ("admin", token.to_string(), agent_id),
+        Staff::Agent(Agent { name, .. }) => {
             if agent_id.as_ref().is_some_and(|a| a != name) {
                 return Err(ApiError::forbidden(
                     "forbidden",
@@ -131,12 +112,6 @@ fn check(
                 _ => agent_id,
             };
             ("human", name.clone(), assignee)
-        }
-        Principal::Customer { .. } => {
-            return Err(ApiError::forbidden(
-                "forbidden",
-                "customer tokens may not assign threads",
-            ));
         }
     };
     Ok(NewAssignment {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tandem_model::DeskMetrics;
 
 use crate::AppState;
-use crate::http::{ApiError, ApiQuery, Principal};
+use crate::http::{ApiError, ApiQuery, Staff};
 
 /// The window when the caller names none: the last day.
 pub const DEFAULT_WINDOW: Duration = Duration::hours(24);
@@ -34,15 +34,9 @@ pub struct DeskMetricsQuery {
 /// The desk's figures since `since`, overall and per agent.
 async fn desk_metrics(
     State(state): State<AppState>,
-    principal: Principal,
+    _: Staff,
     ApiQuery(query): ApiQuery<DeskMetricsQuery>,
 ) -> Result<Json<DeskMetrics>, ApiError> {
-    if let Principal::Customer { .. } = principal {
-        return Err(ApiError::forbidden(
-            "forbidden",
-            "customer tokens may not read desk metrics",
-        ));
-    }
     let since = query.since.unwrap_or_else(default_since);
     Ok(Json(state.store.desk_metrics(since).await?))
 }

@@ -25,7 +25,7 @@ use tandem_model::{
 
 use crate::AppState;
 use crate::http::extract::ApiPath;
-use crate::http::{ApiError, ApiJson, ApiQuery, Principal};
+use crate::http::{ApiError, ApiJson, ApiQuery, Staff};
 
 pub fn router() -> ApiRouter<AppState> {
     ApiRouter::new()
@@ -50,26 +50,14 @@ fn item_id(id: &str) -> Result<InboxItemId, ApiError> {
     id.parse().map_err(|_| ApiError::NotFound("inbox item"))
 }
 
-/// The name a resolution is recorded under: the agent's own, or `admin`.
-fn staff_name(principal: &Principal) -> Result<String, ApiError> {
-    match principal {
-        Principal::Agent { name, .. } => Ok(name.clone()),
-        Principal::Admin { .. } => Ok("admin".into()),
-        Principal::Customer { .. } => Err(ApiError::forbidden(
-            "forbidden",
-            "customer tokens may not use the inbox",
-        )),
-    }
-}
-
 /// The caller as an inbox actor: an agent by its name, or an admin
 /// (recorded as `admin`, and free to act on items other agents hold).
-fn actor(principal: &Principal) -> Result<InboxActor, ApiError> {
-    let name = staff_name(principal)?;
-    Ok(match principal {
-        Principal::Admin { .. } => InboxActor::admin(name),
-        _ => InboxActor::agent(name),
-    })
+fn actor(staff: &Staff) -> InboxActor {
+    let name = staff.name().to_owned();
+    match staff {
+        Staff::Admin(_) => InboxActor::admin(name),
+        Staff::Agent(_) => InboxActor::agent(name),
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -100,10 +88,10 @@ pub struct InboxPage {
 /// Items, filtered, oldest due first.
 async fn list_inbox(
     State(state): State<AppState>,
-    principal: Principal,
+    staff: Staff,
     ApiQuery(query): ApiQuery<ListInbox>,
 ) -> Result<Json<InboxPage>, ApiError> {
-    let me = staff_name(&principal)?;
+    let me = staff.name().to_owned();
     let limit = query.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -137,10 +125,9 @@ async fn list_inbox(
 /// An item with its thread and the thread's latest messages.
 async fn get_item(
     State(state): State<AppState>,
-    principal: Principal,
+    _: Staff,
     ApiPath(ItemPath { id }): ApiPath<ItemPath>,
 ) -> Result<Json<InboxView>, ApiError> {
-    staff_name(&principal)?;
     let item = state
         .store
         .get_inbox_item(item_id(&id)?)
@@ -166,10 +153,9 @@ pub struct ExpiryList {
 /// Each time the item's deadline passed, and what the fallback did.
 async fn expiries(
     State(state): State<AppState>,
-    principal: Principal,
+    _: Staff,
     ApiPath(ItemPath { id }): ApiPath<ItemPath>,
 ) -> Result<Json<ExpiryList>, ApiError> {
-    staff_name(&principal)?;
     let id = item_id(&id)?;
     state
         .store
@@ -191,10 +177,10 @@ async fn item_history(state: &AppState) -> Result<u32, ApiError> {
 /// (the message names the holder), `item_closed`.
 async fn claim(
     State(state): State<AppState>,
-    principal: Principal,
+    staff: Staff,
     ApiPath(ItemPath { id }): ApiPath<ItemPath>,
 ) -> Result<Json<InboxItem>, ApiError> {
-    let actor = actor(&principal)?;
+    let actor = actor(&staff);
     Ok(Json(
         state.store.claim_inbox_item(item_id(&id)?, &actor).await?,
     ))
@@ -205,10 +191,10 @@ async fn claim(
 /// `not_your_claim`, 409 `item_closed`.
 async fn release(
     State(state): State<AppState>,
-    principal: Principal,
+    staff: Staff,
     ApiPath(ItemPath { id }): ApiPath<ItemPath>,
 ) -> Result<Json<InboxItem>, ApiError> {
-    let actor = actor(&principal)?;
+    let actor = actor(&staff);
     match state
         .store
         .release_inbox_item(item_id(&id)?, &actor)
@@ -246,11 +232,11 @@ pub struct Answer {
 /// `claimed_by_other`.
 async fn answer(
     State(state): State<AppState>,
-    principal: Principal,
+    staff: Staff,
     ApiPath(ItemPath { id }): ApiPath<ItemPath>,
     ApiJson(request): ApiJson<Answer>,
 ) -> Result<Json<Resolution>, ApiError> {
-    let by = actor(&principal)?;
+    let by = actor(&staff);
     let id = item_id(&id)?;
     check_text(&state, "text", &request.text)?;
     let resolved = state
@@ -272,11 +258,11 @@ pub struct Approve {
 /// `claimed_by_other`.
 async fn approve(
     State(state): State<AppState>,
-    principal: Principal,
+    staff: Staff,
     ApiPath(ItemPath { id }): ApiPath<ItemPath>,
     ApiJson(request): ApiJson<Approve>,
 ) -> Result<Json<Resolution>, ApiError> {
-    let by = actor(&principal)?;
+    let by = actor(&staff);
     let id = item_id(&id)?;
     if let Some(text) = &request.text {
         check_text(&state, "text", text)?;
@@ -301,11 +287,11 @@ pub struct Reject {
 /// `claimed_by_other`.
 async fn reject(
     State(state): State<AppState>,
-    principal: Principal,
+    staff: Staff,
     ApiPath(ItemPath { id }): ApiPath<ItemPath>,
     ApiJson(request): ApiJson<Reject>,
 ) -> Result<Json<Resolution>, ApiError> {
-    let by = actor(&principal)?;
+    let by = actor(&staff);
     let id = item_id(&id)?;
     check_text(&state, "review", &request.review)?;
     let resolved = state

@@ -14,7 +14,7 @@ use tandem_model::{NewRoutingExample, Policy, Responder, RoutingExample, ThreadU
 use super::threads::ThreadPath;
 use crate::AppState;
 use crate::http::extract::ApiPath;
-use crate::http::{ApiError, ApiJson, Created, Principal};
+use crate::http::{Admin, ApiError, ApiJson, Created, Staff};
 
 /// Longest example text.
 const MAX_EXAMPLE_CHARS: usize = 4_000;
@@ -26,32 +26,8 @@ pub fn router() -> ApiRouter<AppState> {
         .api_route("/v1/threads/{id}/usage", get(thread_usage))
 }
 
-fn staff_only(principal: &Principal) -> Result<(), ApiError> {
-    match principal {
-        Principal::Customer { .. } => Err(ApiError::forbidden(
-            "forbidden",
-            "customer tokens may not read routing",
-        )),
-        _ => Ok(()),
-    }
-}
-
-fn admin_only(principal: &Principal) -> Result<(), ApiError> {
-    match principal {
-        Principal::Admin { .. } => Ok(()),
-        _ => Err(ApiError::forbidden(
-            "forbidden",
-            "only admin tokens may change routing",
-        )),
-    }
-}
-
 /// The policy in force (the default until one is set).
-async fn get_policy(
-    State(state): State<AppState>,
-    principal: Principal,
-) -> Result<Json<Policy>, ApiError> {
-    staff_only(&principal)?;
+async fn get_policy(State(state): State<AppState>, _: Staff) -> Result<Json<Policy>, ApiError> {
     Ok(Json(state.store.policy().await?))
 }
 
@@ -59,10 +35,9 @@ async fn get_policy(
 /// under way keep the policy they started with. 422 `invalid_policy`.
 async fn put_policy(
     State(state): State<AppState>,
-    principal: Principal,
+    _: Admin,
     ApiJson(policy): ApiJson<Policy>,
 ) -> Result<Json<Policy>, ApiError> {
-    admin_only(&principal)?;
     policy
         .validate()
         .map_err(|message| ApiError::Unprocessable {
@@ -87,10 +62,9 @@ pub struct AddExample {
 /// on (and later, once, when it is not), and kept in the store.
 async fn add_example(
     State(state): State<AppState>,
-    principal: Principal,
+    _: Admin,
     ApiJson(request): ApiJson<AddExample>,
 ) -> Result<Created<RoutingExample>, ApiError> {
-    admin_only(&principal)?;
     let chars = request.text.chars().count();
     if request.text.trim().is_empty() || chars > MAX_EXAMPLE_CHARS {
         return Err(ApiError::Unprocessable {
@@ -142,9 +116,8 @@ pub struct ExampleSummary {
 
 async fn list_examples(
     State(state): State<AppState>,
-    principal: Principal,
+    _: Staff,
 ) -> Result<Json<ExampleList>, ApiError> {
-    staff_only(&principal)?;
     let examples = state
         .store
         .routing_examples()
@@ -164,10 +137,9 @@ async fn list_examples(
 /// Tokens the models used for a thread: in all, and per model and purpose.
 async fn thread_usage(
     State(state): State<AppState>,
-    principal: Principal,
+    _: Staff,
     ApiPath(ThreadPath { id }): ApiPath<ThreadPath>,
 ) -> Result<Json<ThreadUsage>, ApiError> {
-    staff_only(&principal)?;
     state
         .store
         .get_thread(id, None)

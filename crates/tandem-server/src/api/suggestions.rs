@@ -32,7 +32,7 @@ use super::threads::ThreadPath;
 use crate::AppState;
 use crate::http::error::{ErrorBody, ErrorDetail};
 use crate::http::extract::ApiPath;
-use crate::http::{ApiError, ApiJson, Created, Principal};
+use crate::http::{ApiError, ApiJson, Created, Staff};
 
 pub fn router() -> ApiRouter<AppState> {
     ApiRouter::new()
@@ -115,18 +115,6 @@ pub struct SuggestionPath {
     pub message_id: String,
 }
 
-/// The caller's name, for staff; customers may not use suggestions.
-fn staff_name(principal: &Principal) -> Result<Option<&str>, ApiError> {
-    match principal {
-        Principal::Agent { name, .. } => Ok(Some(name)),
-        Principal::Admin { .. } => Ok(None),
-        Principal::Customer { .. } => Err(ApiError::forbidden(
-            "forbidden",
-            "customer tokens may not use suggestions",
-        )),
-    }
-}
-
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Suggest {
@@ -146,11 +134,11 @@ pub struct Suggest {
 /// configured, 502 `ai_failed` when the model fails after its retries.
 async fn suggest(
     State(state): State<AppState>,
-    principal: Principal,
+    staff: Staff,
     ApiPath(ThreadPath { id }): ApiPath<ThreadPath>,
     ApiJson(request): ApiJson<Suggest>,
 ) -> Result<Created<Message>, SuggestionError> {
-    let requested_by = staff_name(&principal)?.unwrap_or("admin").to_owned();
+    let requested_by = staff.name().to_owned();
     let instructions = request.instructions.filter(|text| !text.trim().is_empty());
     if instructions
         .as_ref()
@@ -209,12 +197,11 @@ pub struct SendSuggestion {
 /// admin tokens `agent_name_required`.
 async fn send(
     State(state): State<AppState>,
-    principal: Principal,
+    staff: Staff,
     ApiPath(SuggestionPath { id, message_id }): ApiPath<SuggestionPath>,
     ApiJson(request): ApiJson<SendSuggestion>,
 ) -> Result<Created<Message>, ApiError> {
-    staff_name(&principal)?;
-    if matches!(principal, Principal::Admin { .. }) && request.agent_name.is_none() {
+    if matches!(staff, Staff::Admin(_)) && request.agent_name.is_none() {
         return Err(ApiError::Unprocessable {
             code: "agent_name_required",
             message: "an admin token sends a suggestion as a human agent: name it in `agent_name`"
@@ -244,7 +231,7 @@ async fn send(
     check_text(&state, &text)?;
 
     let mut metadata = Map::new();
-    if matches!(principal, Principal::Admin { .. }) {
+    if matches!(staff, Staff::Admin(_)) {
         // What an agent's reply carries, for the agent the admin names.
         let name = request.agent_name.clone().unwrap_or_default();
         metadata.insert(PROVIDER.into(), json!("human"));
@@ -260,7 +247,7 @@ async fn send(
         metadata: Some(metadata),
         reply_to: suggestion.reply_to,
     };
-    let mut new = rules::new_message(&principal, id, post, &state.config.limits)?;
+    let mut new = rules::new_message(&staff.principal(), id, post, &state.config.limits)?;
     // Reserved: only this route marks a reply as a sent suggestion.
     new.metadata[SUGGESTION] = json!({"id": suggestion.id, "edited": edited});
     let written = state

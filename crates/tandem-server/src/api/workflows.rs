@@ -13,7 +13,7 @@ use tandem_workflows::RunState;
 
 use crate::AppState;
 use crate::http::extract::ApiPath;
-use crate::http::{Accepted, ApiError, ApiJson, Created, IdempotencyHeader, Principal};
+use crate::http::{Accepted, ApiError, ApiJson, Created, IdempotencyHeader, Staff};
 
 /// Longest event name.
 const MAX_EVENT_NAME: usize = 64;
@@ -67,17 +67,6 @@ pub(crate) fn check_event_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Workflows are the integrator's and its staff's: customers may not touch them.
-fn staff_only(principal: &Principal) -> Result<(), ApiError> {
-    match principal.customer_scope() {
-        Some(_) => Err(ApiError::forbidden(
-            "forbidden",
-            "customer tokens may not use workflows",
-        )),
-        None => Ok(()),
-    }
-}
-
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartWorkflow {
@@ -93,13 +82,16 @@ pub struct StartWorkflow {
 /// journal; a retry with the same key gets the same answer.
 async fn start_workflow(
     State(state): State<AppState>,
-    principal: Principal,
+    staff: Staff,
     IdempotencyHeader(key): IdempotencyHeader,
     ApiJson(request): ApiJson<StartWorkflow>,
 ) -> Result<Created<RunState>, ApiError> {
-    staff_only(&principal)?;
-    let idempotency =
-        super::idempotency_key(&principal, "POST /v1/workflows".into(), key, &request);
+    let idempotency = super::idempotency_key(
+        &staff.principal(),
+        "POST /v1/workflows".into(),
+        key,
+        &request,
+    );
     let written = state
         .workflows
         .start_run(&request.name, request.args, idempotency)
@@ -121,10 +113,9 @@ async fn start_workflow(
 /// error) and its events.
 async fn get_workflow(
     State(state): State<AppState>,
-    principal: Principal,
+    _: Staff,
     ApiPath(RunPath { id }): ApiPath<RunPath>,
 ) -> Result<Json<RunState>, ApiError> {
-    staff_only(&principal)?;
     let run = state
         .workflows
         .state(run_id(&id)?)
@@ -137,30 +128,27 @@ async fn get_workflow(
 /// 409 `already_paused`, `run_finished`.
 async fn pause_workflow(
     State(state): State<AppState>,
-    principal: Principal,
+    _: Staff,
     ApiPath(RunPath { id }): ApiPath<RunPath>,
 ) -> Result<Json<WorkflowRun>, ApiError> {
-    staff_only(&principal)?;
     Ok(Json(state.workflows.pause(run_id(&id)?).await?))
 }
 
 /// Resumes a paused run where it stopped. 409 `not_paused`, `run_finished`.
 async fn resume_workflow(
     State(state): State<AppState>,
-    principal: Principal,
+    _: Staff,
     ApiPath(RunPath { id }): ApiPath<RunPath>,
 ) -> Result<Json<WorkflowRun>, ApiError> {
-    staff_only(&principal)?;
     Ok(Json(state.workflows.resume(run_id(&id)?).await?))
 }
 
 /// Cancels a run that has not finished. 409 `run_finished`.
 async fn cancel_workflow(
     State(state): State<AppState>,
-    principal: Principal,
+    _: Staff,
     ApiPath(RunPath { id }): ApiPath<RunPath>,
 ) -> Result<Json<WorkflowRun>, ApiError> {
-    staff_only(&principal)?;
     Ok(Json(state.workflows.cancel(run_id(&id)?).await?))
 }
 
@@ -188,15 +176,14 @@ pub struct EventDelivered {
 /// is delivered once. 409 `run_finished`.
 async fn send_event(
     State(state): State<AppState>,
-    principal: Principal,
+    staff: Staff,
     ApiPath(EventPath { id, name }): ApiPath<EventPath>,
     IdempotencyHeader(key): IdempotencyHeader,
     ApiJson(request): ApiJson<SendEvent>,
 ) -> Result<Accepted<EventDelivered>, ApiError> {
-    staff_only(&principal)?;
     let run = run_id(&id)?;
     check_event_name(&name)?;
-    let delivery = key.map(|key| format!("api:{}:{key}", principal.token_id()));
+    let delivery = key.map(|key| format!("api:{}:{key}", staff.token_id()));
     let delivered = state
         .workflows
         .deliver_event(run, &name, request.payload, EventSource::Api, delivery)

@@ -2,16 +2,14 @@
 //!
 //! The middleware resolves the token once per request, applies the rate limit
 //! of the token's kind (or of the client address when there is no valid
-//! token), and leaves a [`Principal`] in the request for handlers to extract.
+//! token), and leaves a [`Principal`] in the request for handlers to extract
+//! (or to narrow, with the extractors of [`super::access`]).
 //! A request without `Authorization` may carry the inbox's sign-in cookie
 //! instead ([`SESSION_COOKIE`]): it stands for an agent only, and a request
 //! that changes something must come from the server's own origin.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use aide::generate::GenContext;
-use aide::openapi::Operation;
-use aide::operation::OperationInput;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
@@ -84,15 +82,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
             .get::<Principal>()
             .cloned()
             .ok_or(ApiError::Unauthorized)
-    }
-}
-
-impl OperationInput for Principal {
-    fn operation_input(_ctx: &mut GenContext, operation: &mut Operation) {
-        let requirement = [("bearer".to_owned(), Vec::new())].into_iter().collect();
-        if !operation.security.contains(&requirement) {
-            operation.security.push(requirement);
-        }
     }
 }
 
