@@ -44,7 +44,7 @@ async fn start_session(
 /// at once and 1 a second.
 async fn behind_nginx(configure: impl FnOnce(&mut tandem_server::Config)) -> (TestServer, Nginx) {
     let server = TestServer::start_with(|config| {
-        config.connections.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        config.connections.trusted_proxies = vec!["127.0.0.1".parse().expect("address")];
         config.rate_limits.anonymous.per_second = 1;
         config.rate_limits.anonymous.burst = 3;
         configure(config);

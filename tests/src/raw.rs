@@ -83,7 +83,7 @@ pub struct RawResponse {
     pub body: String,
 }
 
-/// Sends `head` (a whole request: request line, headers, blank line, and
+/// Sends `request` (a whole one: request line, headers, blank line, and
 /// any body) and reads one response with a `content-length`, within
 /// `limit`. `None` if the socket closes or nothing complete comes in time.
 pub async fn exchange(

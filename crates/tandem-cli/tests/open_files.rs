@@ -52,7 +52,8 @@ fn cpu_seconds(pid: u32) -> f64 {
         .1
         .split_whitespace()
         .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let ticks = |field: &str| field.parse::<u64>().expect("clock ticks");
+    let ticks = ticks(fields[11]) + ticks(fields[12]);
     ticks as f64 / 100.0
 }
 
@@ -87,7 +88,9 @@ async fn served_again(url: &str, limit: Duration) -> Duration {
 async fn idle_crowd(url: &str, count: usize, per_source: usize) -> Vec<TcpStream> {
     let mut sockets = Vec::with_capacity(count);
     for i in 0..count {
-        let source: IpAddr = format!("127.0.5.{}", 1 + i / per_source).parse().unwrap();
+        let source: IpAddr = format!("127.0.5.{}", 1 + i / per_source)
+            .parse()
+            .expect("an address");
         sockets.push(raw::connect_from(source, url).await);
     }
     sockets
