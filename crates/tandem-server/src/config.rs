@@ -144,8 +144,9 @@ pub enum ClientAddressHeader {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// Largest request head (request line and headers), in bytes; at least
-    /// 8192. A larger head is answered 431 and the connection closed.
+    /// Largest request head (request line and headers), in bytes. A larger
+    /// head, or one of more than 100 headers, is answered 431 and the
+    /// connection closed.
     pub max_head_bytes: usize,
     /// Largest request body, in bytes (413 above it).
     pub max_body_bytes: usize,
