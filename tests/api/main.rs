@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod claims;
+mod connections;
 mod copilot;
 mod customer_paths;
 mod customer_view;
@@ -15,6 +16,7 @@ mod inbox;
 mod injection;
 mod messages;
 mod operations;
+mod proxy;
 mod reply;
 mod reply_transactions;
 mod routing;

@@ -10,6 +10,8 @@
 //! schema on that server. When the variable is set and the server cannot be
 //! reached, tests fail: they never fall back or skip.
 
+pub mod nginx;
+pub mod raw;
 pub mod reply;
 pub mod ws;
 
@@ -161,6 +163,9 @@ impl TestServer {
         config.rate_limits.agent.per_second = 0;
         config.rate_limits.customer.per_second = 0;
         config.rate_limits.anonymous.per_second = 0;
+        // Every test client is on loopback, many at once; the connection
+        // tests set their own cap.
+        config.connections.max_per_address = 0;
         // The built-in reply path answers every customer message (with a
         // handoff while the AI is off): tests of other parts keep their
         // threads and inbox to themselves; the reply tests turn it on
@@ -177,7 +182,8 @@ impl TestServer {
             .await
             .expect("admin token")
             .secret;
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        // As `tandem serve` binds: a backlog a flood does not fill at once.
+        let listener = tandem_server::net::bind(([127, 0, 0, 1], 0).into()).expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         // Resume URLs point at the port actually bound.
         config
@@ -211,7 +217,7 @@ impl TestServer {
             .await
             .expect("reconnect");
         let address = self.url.trim_start_matches("http://").to_owned();
-        let listener = TcpListener::bind(&address).await.expect("rebind");
+        let listener = tandem_server::net::bind(address.parse().expect("address")).expect("rebind");
         let running = serve(
             listener,
             &self.store,

@@ -12,7 +12,8 @@
 //! The benchmarks themselves are binaries: `post-messages`
 //! (`src/post_messages.rs`), `ws-fanout` (`src/ws_fanout.rs`),
 //! `workflow-cycles` (`src/workflow_cycles.rs`), `reply-latency`
-//! (`src/reply_latency.rs`) and `desk-handoff` (`src/desk_handoff.rs`).
+//! (`src/reply_latency.rs`), `desk-handoff` (`src/desk_handoff.rs`) and
+//! `conn-flood` (`src/conn_flood.rs`).
 
 pub mod procfs;
 pub mod server;

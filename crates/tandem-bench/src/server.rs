@@ -86,6 +86,9 @@ impl InProcessServer {
             per_second: 100_000_000,
             burst: 100_000_000,
         };
+        // The load comes from loopback, every client from one address.
+        config.connections.unlimited_addresses =
+            vec!["127.0.0.0/8".parse().map_err(anyhow::Error::msg)?];
         if let Some(connections) = args.db_connections {
             config.database.max_connections = connections;
         }
@@ -209,9 +212,8 @@ where
         .create_token(TokenSubject::Admin, Some(format!("{purpose} benchmark")))
         .await
         .context("minting an admin token")?;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .context("binding 127.0.0.1:0")?;
+    let listener =
+        tandem_server::net::bind(([127, 0, 0, 1], 0).into()).context("binding 127.0.0.1:0")?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let state = build(store, config).await?;
     let (shutdown, stop) = oneshot::channel::<()>();

@@ -15,7 +15,6 @@ use tandem_server::config::{Config, LogFormat};
 use tandem_server::{AppState, serve};
 use tandem_store::Store;
 use tandem_workflows::{Registry, SystemClock};
-use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -156,6 +155,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
 }
 
 async fn run_server(mut config: Config) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let store = open_store(&config).await?;
     if let Some(minted) = store.bootstrap_admin().await? {
         // Printed, not logged: log pipelines keep what they see.
@@ -172,8 +172,7 @@ async fn run_server(mut config: Config) -> anyhow::Result<()> {
     if loaded > 0 {
         tracing::info!(definitions = loaded, "workflows: definitions loaded");
     }
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener = tandem_server::net::bind(config.listen)
         .with_context(|| format!("listening on {}", config.listen))?;
     let address = listener.local_addr()?;
     // Resume URLs point here unless a public address is configured.
@@ -192,6 +191,28 @@ async fn run_server(mut config: Config) -> anyhow::Result<()> {
     serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every client socket is a file descriptor: the soft limit goes up to the
+/// hard limit before anything is opened (the server's connection cap is
+/// taken from it).
+fn raise_open_file_limit() {
+    match tandem_server::net::open_files::raise() {
+        Ok(limits) if limits.soft < 4096 => tracing::warn!(
+            soft_was = limits.soft_before,
+            soft = limits.soft,
+            hard = limits.hard,
+            "open files: the limit is low; raise the hard limit (e.g. LimitNOFILE=) \
+             for more connections"
+        ),
+        Ok(limits) => tracing::info!(
+            soft_was = limits.soft_before,
+            soft = limits.soft,
+            hard = limits.hard,
+            "open files: soft limit raised to the hard limit"
+        ),
+        Err(error) => tracing::warn!(%error, "open files: the limit could not be raised"),
+    }
 }
 
 /// Says at start whether the AI answers, and refuses an endpoint the client

@@ -1,7 +1,6 @@
 //! Assembles the app and serves it.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use aide::axum::ApiRouter;
@@ -11,7 +10,6 @@ use axum::extract::Request;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -21,6 +19,7 @@ use tracing::Level;
 use crate::AppState;
 use crate::api;
 use crate::http::{ApiError, auth, metrics};
+use crate::net::{self, Client};
 
 /// The whole HTTP surface: `/v1` (authenticated), operations, the OpenAPI
 /// document and the web pages.
@@ -88,8 +87,8 @@ pub fn build_app(state: AppState) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
-                    // Only the method, path and request id: never headers
-                    // (tokens) or query strings.
+                    // Only the method, path, request id and client address:
+                    // never headers (tokens) or query strings.
                     let id = request
                         .headers()
                         .get("x-request-id")
@@ -100,11 +99,15 @@ pub fn build_app(state: AppState) -> Router {
                         method = %request.method(),
                         path = %request.uri().path(),
                         request_id = %id,
+                        client = %Client::from_parts(request.extensions()).address,
                     )
                 })
                 .on_request(())
                 .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
         )
+        // The client's address (behind trusted proxies, from their header),
+        // before the span that shows it and the rate limits that use it.
+        .layer(from_fn_with_state(state.clone(), net::client::resolve))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
         .layer(CatchPanicLayer::custom(|_| -> Response {
@@ -113,7 +116,8 @@ pub fn build_app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the app on `listener` until `shutdown` resolves, then lets the
+/// Serves the app on `listener` (each connection held to the limits of
+/// `connections`, see [`net`]) until `shutdown` resolves, then lets the
 /// requests in flight finish, stops the workflow engine (its runs are handed
 /// back), closes the WebSockets and closes the store.
 pub async fn serve(
@@ -143,17 +147,9 @@ pub async fn serve(
     // Other processes' runs that become due wake this one's dispatcher.
     let waker = engine.clone();
     hub.on_workflow_signal(move || waker.wake());
+    let (config, metrics) = (state.config.clone(), state.metrics.clone());
     let app = build_app(state);
-    let listener = listener.tap_io(|tcp| {
-        // Small JSON answers must not wait on Nagle's algorithm.
-        let _ = tcp.set_nodelay(true);
-    });
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let served = net::serve(listener, app, &config, metrics, shutdown).await;
     // Executors stop before their next step and release their leases while
     // the hub can still tell subscribers and the store is open.
     engine.shutdown().await;

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -12,6 +13,8 @@ use tandem_router::AgentConfig;
 use tandem_store::DatabaseOptions;
 use tandem_workflows::EngineConfig;
 
+use crate::net::AddressRange;
+
 /// Everything the server can be told. `Debug` never shows a secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -19,6 +22,7 @@ pub struct Config {
     /// Where to listen.
     pub listen: SocketAddr,
     pub database: DatabaseOptions,
+    pub connections: ConnectionsConfig,
     pub limits: Limits,
     pub rate_limits: RateLimitConfig,
     pub hub: HubConfig,
@@ -39,6 +43,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database: DatabaseOptions::default(),
+            connections: ConnectionsConfig::default(),
             limits: Limits::default(),
             rate_limits: RateLimitConfig::default(),
             hub: HubConfig::default(),
@@ -53,10 +58,96 @@ impl Default for Config {
     }
 }
 
+/// The connections the server accepts: how long a client may take to
+/// speak, how many sockets one address may hold, and whose word on the
+/// client's address counts. `0` turns a timeout or a cap off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Seconds a client has to send a whole request head: from the accept
+    /// for the first request, from its first byte for the next ones.
+    pub header_timeout_secs: u64,
+    /// Seconds a keep-alive connection may wait, idle, for its next
+    /// request. An upgraded WebSocket is not idle: it has its own pings.
+    pub idle_timeout_secs: u64,
+    /// Seconds a request body has to arrive in full, from the end of its
+    /// head (408 after it).
+    pub body_timeout_secs: u64,
+    /// Sockets one client address may hold open at once (an IPv6 client:
+    /// its /64), WebSockets included; over it a new one is refused (503,
+    /// closed). Trusted proxies are not counted.
+    pub max_per_address: usize,
+    /// Addresses never held to `max_per_address` (CIDRs or addresses, e.g.
+    /// `["127.0.0.0/8"]`).
+    pub unlimited_addresses: Vec<AddressRange>,
+    /// Sockets open at once, over all clients; over it a new one is
+    /// refused (503, closed) while the open ones go on. `0`: from the
+    /// open-file limit, keeping a tenth of it (at least 256) for the
+    /// database, files and outgoing calls.
+    pub max_open: usize,
+    /// Reverse proxies whose `X-Forwarded-For` (or `Forwarded`) and
+    /// `X-Forwarded-Proto` are believed (CIDRs or addresses). Empty: no
+    /// header is, and the client is the TCP peer.
+    pub trusted_proxies: Vec<AddressRange>,
+    /// The header the trusted proxies write the client's address in:
+    /// `x-forwarded-for` or `forwarded` (RFC 7239). Only that one is read,
+    /// so a client cannot slip the other one past a proxy that passes it on.
+    pub client_address_header: ClientAddressHeader,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout_secs: 5,
+            idle_timeout_secs: 60,
+            body_timeout_secs: 30,
+            max_per_address: 64,
+            unlimited_addresses: Vec::new(),
+            max_open: 0,
+            trusted_proxies: Vec::new(),
+            client_address_header: ClientAddressHeader::XForwardedFor,
+        }
+    }
+}
+
+impl ConnectionsConfig {
+    pub fn header_timeout(&self) -> Option<Duration> {
+        secs(self.header_timeout_secs)
+    }
+
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        secs(self.idle_timeout_secs)
+    }
+
+    pub fn body_timeout(&self) -> Option<Duration> {
+        secs(self.body_timeout_secs)
+    }
+}
+
+fn secs(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+/// Where trusted proxies put the client's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientAddressHeader {
+    /// `X-Forwarded-For: client, proxy1, …` (nginx, HAProxy, most load
+    /// balancers).
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    #[serde(rename = "forwarded")]
+    Forwarded,
+}
+
 /// Sizes the API accepts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
+    /// Largest request head (request line and headers), in bytes. A larger
+    /// head, or one of more than 100 headers, is answered 431 and the
+    /// connection closed.
+    pub max_head_bytes: usize,
     /// Largest request body, in bytes (413 above it).
     pub max_body_bytes: usize,
     /// Most characters of text in one message.
@@ -70,6 +161,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
+            max_head_bytes: 16 * 1024,
             max_body_bytes: 64 * 1024,
             max_message_chars: 32_000,
             max_message_parts: 64,
@@ -288,8 +380,8 @@ pub struct WebConfig {
     /// after that (a verified user gets their history back).
     pub customer_session_secs: u64,
     /// Mark the sign-in cookie `Secure`. Unset: when `workflows.public_url`
-    /// is `https://…` or the request came through a proxy that says
-    /// `X-Forwarded-Proto: https`.
+    /// is `https://…` or the request came through a trusted proxy
+    /// (`connections.trusted_proxies`) that says `X-Forwarded-Proto: https`.
     pub secure_cookies: Option<bool>,
 }
 
@@ -452,6 +544,54 @@ mod tests {
             assert_eq!(config.reply, defaults.reply);
             assert_eq!(config.desk, defaults.desk);
             assert_eq!(config.hub.queue_bytes, defaults.hub.queue_bytes);
+            assert_eq!(config.connections, defaults.connections);
+            assert_eq!(config.limits.max_head_bytes, defaults.limits.max_head_bytes);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn trusted_proxies_and_address_ranges_load_from_file_and_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "tandem.toml",
+                r#"
+                [connections]
+                trusted_proxies = ["10.0.0.0/8", "192.0.2.7"]
+                client_address_header = "forwarded"
+                "#,
+            )?;
+            jail.set_env(
+                "TANDEM_CONNECTIONS__UNLIMITED_ADDRESSES",
+                r#"["127.0.0.0/8", "::1"]"#,
+            );
+            jail.set_env("TANDEM_CONNECTIONS__IDLE_TIMEOUT_SECS", "90");
+            let config = Config::load(Some(Path::new("tandem.toml"))).map_err(|e| *e)?;
+            let connections = &config.connections;
+            let shown: Vec<String> = connections
+                .trusted_proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(shown, ["10.0.0.0/8", "192.0.2.7"]);
+            assert_eq!(
+                connections.client_address_header,
+                ClientAddressHeader::Forwarded
+            );
+            assert_eq!(connections.unlimited_addresses.len(), 2);
+            assert!(crate::net::in_ranges(
+                &connections.unlimited_addresses,
+                "127.1.2.3".parse().unwrap()
+            ));
+            assert_eq!(connections.idle_timeout(), Some(Duration::from_secs(90)));
+            assert_eq!(connections.header_timeout(), Some(Duration::from_secs(5)));
+
+            jail.create_file(
+                "bad.toml",
+                "[connections]\ntrusted_proxies = [\"proxy.internal\"]\n",
+            )?;
+            let error = Config::load(Some(Path::new("bad.toml"))).expect_err("not an address");
+            assert!(error.to_string().contains("proxy.internal"), "{error}");
             Ok(())
         });
     }

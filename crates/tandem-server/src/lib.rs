@@ -12,6 +12,9 @@
 //! - [`http`]: what every route shares: the error type and its one mapping to
 //!   HTTP, extractors that keep bad input in that format, authentication, who
 //!   may call a route (the access extractors), rate limits and request metrics.
+//! - [`net`]: sockets: the accept loop and its caps (per client address,
+//!   and from the open-file limit), each connection's header, idle and body
+//!   timeouts, the client's address behind trusted proxies.
 //! - [`hub`]: the WebSocket push hub: subscriptions, fan-out in `seq` order,
 //!   backpressure, and the signals that keep several processes in step.
 //! - [`replies`]: the `reply` run a customer message starts, created with
@@ -29,6 +32,7 @@ pub mod config;
 pub mod desk;
 pub mod http;
 pub mod hub;
+pub mod net;
 pub mod replies;
 pub mod state;
 pub mod web;

@@ -280,9 +280,18 @@ mod tests {
     fn a_row_changed_twice_in_a_commit_is_announced_once_in_its_final_state() {
         let (a, b) = (ThreadId::new(), ThreadId::new());
         let mut pending = Pending::default();
-        pending.push(Change::thread(&thread(a, ThreadStatus::Open), ThreadChange::Created));
-        pending.push(Change::thread(&thread(b, ThreadStatus::Open), ThreadChange::Updated));
-        pending.push(Change::thread(&thread(a, ThreadStatus::Closed), ThreadChange::Updated));
+        pending.push(Change::thread(
+            &thread(a, ThreadStatus::Open),
+            ThreadChange::Created,
+        ));
+        pending.push(Change::thread(
+            &thread(b, ThreadStatus::Open),
+            ThreadChange::Updated,
+        ));
+        pending.push(Change::thread(
+            &thread(a, ThreadStatus::Closed),
+            ThreadChange::Updated,
+        ));
         let changes = pending.take();
         let seen: Vec<(ThreadId, ThreadStatus, ThreadChange)> = changes
             .iter()

@@ -59,11 +59,31 @@ pub fn wait_for_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
     }
 }
 
+/// `tandem` run by `prlimit`, with `soft` and `hard` open-file limits.
+pub fn tandem_with_open_files(db: &TestDb, soft: u64, hard: u64, args: &[&str]) -> Command {
+    let plain = tandem(db, args);
+    let mut command = Command::new("prlimit");
+    command
+        .arg(format!("--nofile={soft}:{hard}"))
+        .arg("--")
+        .arg(plain.get_program())
+        .args(plain.get_args())
+        .env_clear();
+    for (name, value) in plain.get_envs() {
+        if let Some(value) = value {
+            command.env(name, value);
+        }
+    }
+    command
+}
+
 /// A running `tandem serve`: its address, and every stdout line so far.
 pub struct Served {
     pub child: Child,
     pub address: String,
     pub stdout: Vec<String>,
+    /// The log lines up to and with "serving".
+    pub startup: Vec<Value>,
     logs: mpsc::Receiver<Value>,
 }
 
@@ -90,12 +110,15 @@ pub fn serve_command(command: &mut Command) -> Served {
             }
         }
     });
+    let mut startup = Vec::new();
     let address = loop {
         let line = logs
             .recv_timeout(Duration::from_secs(30))
             .expect("the server logs where it listens");
-        if line["fields"]["message"] == "serving" {
-            break line["fields"]["address"]
+        let serving = line["fields"]["message"] == "serving";
+        startup.push(line);
+        if serving {
+            break startup[startup.len() - 1]["fields"]["address"]
                 .as_str()
                 .expect("address")
                 .to_owned();
@@ -117,11 +140,17 @@ pub fn serve_command(command: &mut Command) -> Served {
         child,
         address,
         stdout,
+        startup,
         logs,
     }
 }
 
 impl Served {
+    /// The log lines written so far (after "serving"), as JSON.
+    pub fn logs_so_far(&self) -> Vec<Value> {
+        self.logs.try_iter().collect()
+    }
+
     /// SIGTERM, then the exit status and the log messages that followed.
     pub fn terminate(mut self) -> (ExitStatus, Vec<String>) {
         signal(&self.child, "TERM");

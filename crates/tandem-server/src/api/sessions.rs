@@ -27,6 +27,7 @@ use crate::AppState;
 use crate::accounts;
 use crate::http::origin::Origin;
 use crate::http::{ApiError, ApiJson, Created, auth};
+use crate::net::Client;
 
 /// Most characters of a verified user's id (it becomes the customer id).
 const MAX_USER_ID_CHARS: usize = 255;
@@ -211,6 +212,7 @@ pub struct AgentSession {
 /// password all look the same).
 async fn sign_in(
     State(state): State<AppState>,
+    client: Client,
     headers: HeaderMap,
     ApiJson(request): ApiJson<SignIn>,
 ) -> Result<Response, ApiError> {
@@ -233,7 +235,7 @@ async fn sign_in(
             Some(ttl),
         )
         .await?;
-    let cookie = auth::session_cookie(minted.secret, ttl, secure_cookies(&state, &headers));
+    let cookie = auth::session_cookie(minted.secret, ttl, secure_cookies(&state, client));
     let session = AgentSession {
         name,
         expires_at: minted.token.expires_at.unwrap_or_else(Utc::now),
@@ -262,7 +264,11 @@ async fn current(
 
 /// Signs out: the session's token is revoked and the cookie removed. 204
 /// whether or not the session was still live.
-async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn sign_out(
+    State(state): State<AppState>,
+    client: Client,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if from_another_site(&headers) {
         return Err(ApiError::forbidden(
             "cross_origin",
@@ -272,7 +278,7 @@ async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Result<R
     if let Some(secret) = auth::session_secret(&headers) {
         state.store.revoke_secret(&secret).await?;
     }
-    let cookie = auth::expired_session_cookie(secure_cookies(&state, &headers));
+    let cookie = auth::expired_session_cookie(secure_cookies(&state, client));
     Ok((StatusCode::NO_CONTENT, CookieJar::new().add(cookie)).into_response())
 }
 
@@ -284,8 +290,8 @@ fn from_another_site(headers: &HeaderMap) -> bool {
 }
 
 /// Whether cookies get `Secure`: as configured, else when the server is
-/// reached over HTTPS.
-fn secure_cookies(state: &AppState, headers: &HeaderMap) -> bool {
+/// reached over HTTPS (its public URL says so, or a trusted proxy does).
+fn secure_cookies(state: &AppState, client: Client) -> bool {
     if let Some(secure) = state.config.web.secure_cookies {
         return secure;
     }
@@ -295,11 +301,7 @@ fn secure_cookies(state: &AppState, headers: &HeaderMap) -> bool {
         .public_url
         .as_deref()
         .is_some_and(|url| url.starts_with("https://"));
-    let proxied_https = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|proto| proto.eq_ignore_ascii_case("https"));
-    public_https || proxied_https
+    public_https || client.https
 }
 
 #[cfg(test)]

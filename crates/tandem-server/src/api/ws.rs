@@ -12,8 +12,8 @@ use std::time::Duration;
 use aide::axum::ApiRouter;
 use aide::axum::routing::post;
 use axum::Router;
+use axum::extract::State;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
@@ -75,7 +75,7 @@ struct UpgradeQuery {
 
 async fn upgrade(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<std::net::SocketAddr>,
+    client: crate::net::Client,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<UpgradeQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -92,7 +92,7 @@ async fn upgrade(
         (None, Some(secret)) => state.store.authenticate(secret).await?,
         (None, None) => None,
     };
-    let principal = auth::admit(&state, token, client.ip())?;
+    let principal = auth::admit(&state, token, client.address)?;
     let hub = state.hub.clone();
     let config = hub.config().clone();
     let admission = hub

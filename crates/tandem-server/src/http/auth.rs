@@ -8,9 +8,9 @@
 //! instead ([`SESSION_COOKIE`]): it stands for an agent only, and a request
 //! that changes something must come from the server's own origin.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
@@ -149,13 +149,10 @@ fn check_anonymous(state: &AppState, client: IpAddr) -> Result<(), ApiError> {
         })
 }
 
-/// The address the request came from (unspecified when unknown).
+/// The client the request came from: the TCP peer, or the address a
+/// trusted proxy gives (see [`crate::net::client`]).
 pub fn client_address(request: &Request) -> IpAddr {
-    request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    crate::net::Client::from_parts(request.extensions()).address
 }
 
 /// The secret of an `Authorization: Bearer …` header.

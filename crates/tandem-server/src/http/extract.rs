@@ -55,7 +55,8 @@ impl OperationInput for RawBody {
     }
 }
 
-/// Reads a body of at most `limit` bytes (413 above it).
+/// Reads a body of at most `limit` bytes (413 above it; 408 when it does not
+/// arrive within `connections.body_timeout_secs`).
 async fn read_body(req: Request, limit: usize) -> Result<axum::body::Bytes, ApiError> {
     let declared = req
         .headers()
@@ -72,6 +73,8 @@ async fn read_body(req: Request, limit: usize) -> Result<axum::body::Bytes, ApiE
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             if too_large {
                 ApiError::PayloadTooLarge { limit }
+            } else if let Some(timeout) = crate::net::body::timeout_of(&e) {
+                ApiError::BodyTimeout(timeout)
             } else {
                 ApiError::bad_request("unreadable_body", "the request body could not be read")
             }

@@ -1,5 +1,6 @@
 //! Prometheus metrics: requests by route and status, latency histograms,
-//! database pool occupancy, rate-limit refusals, WebSocket connections and
+//! database pool occupancy, rate-limit refusals, TCP connections open and
+//! closed by the server, WebSocket connections and
 //! workflow runs that ended; and, read from the store at each scrape, the
 //! desk's (inbox items open, response and resolution times, expiries). The
 //! registry lives in the app state, not in a global, so several servers
@@ -51,6 +52,8 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     rate_limited: Family<KindLabels, Counter>,
     pool: Family<PoolLabels, Gauge>,
+    connections: Gauge,
+    connections_closed: Family<ReasonLabels, Counter>,
     ws_connections: Gauge,
     ws_closed: Family<ReasonLabels, Counter>,
     runs_finished: Family<RunLabels, Counter>,
@@ -110,6 +113,19 @@ impl Metrics {
             "Database pool connections, by state",
             pool.clone(),
         );
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Open TCP connections from clients (upgraded WebSockets included)",
+            connections.clone(),
+        );
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "TCP connections the server refused or closed, by reason (per_address, \
+             capacity, header_timeout, idle_timeout)",
+            connections_closed.clone(),
+        );
         let ws_connections = Gauge::default();
         registry.register(
             "ws_connections",
@@ -145,9 +161,27 @@ impl Metrics {
             latency,
             rate_limited,
             pool,
+            connections,
+            connections_closed,
             ws_connections,
             ws_closed,
         }
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+    }
+
+    pub fn connection_ended(&self) {
+        self.connections.dec();
+    }
+
+    /// A connection refused (`per_address`, `capacity`) or closed
+    /// (`header_timeout`, `idle_timeout`) by the server.
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn ws_connected(&self) {

@@ -1,5 +1,6 @@
 //! Per-caller rate limits: a token bucket per token (by its kind's quota) and
-//! per client address for requests without a valid token. One caller's flood
+//! per client address for requests without a valid token (the address a
+//! trusted proxy gives, see [`crate::net::client`]; an IPv6 client's /64). One caller's flood
 //! is answered with 429 and `Retry-After` without slowing anyone else.
 
 use std::hash::Hash;
@@ -46,9 +47,10 @@ impl RateLimits {
         self.check(limiter, &principal.token_id())
     }
 
-    /// `Err(wait)` when this address has sent too many unauthenticated requests.
+    /// `Err(wait)` when this address (an IPv6 client: its /64) has sent too
+    /// many unauthenticated requests.
     pub fn check_anonymous(&self, client: IpAddr) -> Result<(), Duration> {
-        self.check(&self.anonymous, &client)
+        self.check(&self.anonymous, &crate::net::address_key(client))
     }
 
     fn check<K: Hash + Eq + Clone>(
