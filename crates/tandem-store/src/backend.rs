@@ -358,8 +358,10 @@ impl Store {
         }
     }
 
-    /// Adds a consumer of the change stream: from now on it gets every
-    /// change this process commits, in commit order. The store holds the
+    /// Adds a consumer of the change stream: it gets every change of this
+    /// process delivered from now on (commits not yet delivered included;
+    /// [`Store::changes_delivered`] first to leave them out), in commit
+    /// order. The store holds the
     /// sink for as long as it lives, so a sink that holds the store (the
     /// hub, the engine) should hold its owner weakly.
     pub fn subscribe(&self, sink: Arc<dyn ChangeSink>) {

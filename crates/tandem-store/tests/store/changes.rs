@@ -51,7 +51,10 @@ impl Recorder {
     }
 }
 
-fn recorder(t: &TestStore) -> Arc<Recorder> {
+/// A recorder of what is announced from now on (earlier commits delivered
+/// first).
+async fn recorder(t: &TestStore) -> Arc<Recorder> {
+    t.store.changes_delivered().await;
     let recorder = Arc::new(Recorder::default());
     t.store.subscribe(recorder.clone());
     recorder
@@ -72,7 +75,7 @@ fn customer(thread: tandem_model::ThreadId, text: &str) -> NewMessage {
 #[tokio::test]
 async fn every_commit_announces_what_it_changed_in_order() {
     let t = TestStore::fresh().await;
-    let seen = recorder(&t);
+    let seen = recorder(&t).await;
     let thread = t.thread().await;
     assert_eq!(seen.take(&t).await, ["thread created open unassigned"]);
 
@@ -151,7 +154,7 @@ async fn every_commit_announces_what_it_changed_in_order() {
 async fn a_write_that_fails_or_replays_announces_nothing() {
     let t = TestStore::fresh().await;
     let thread = t.thread().await;
-    let seen = recorder(&t);
+    let seen = recorder(&t).await;
 
     // The message is inserted, then refused for its tool result: the
     // transaction rolls back, and nothing was announced.
@@ -239,7 +242,7 @@ async fn a_write_that_fails_or_replays_announces_nothing() {
 async fn a_customer_message_and_its_reply_run_commit_together() {
     let t = TestStore::fresh().await;
     let thread = t.thread().await;
-    let seen = recorder(&t);
+    let seen = recorder(&t).await;
     let node = t.store.node().to_owned();
     let reply_run = ReplyRun {
         version: "7".into(),
