@@ -30,8 +30,14 @@
 //! Concurrent requests take replies in the order their bodies arrived.
 //!
 //! Endpoints: `POST /v1/chat/completions` (plain or `"stream": true`, as
-//! OpenAI sends them) and `POST /v1/embeddings`; anything else is a 404 with
-//! an OpenAI error body. Every request is recorded before it is answered.
+//! OpenAI sends them), `POST /v1/embeddings`, and `GET /v1/models` once
+//! [`ScriptedLlm::list_models`] names them; anything else is a 404 with an
+//! OpenAI error body. Every request is recorded before it is answered.
+//!
+//! Besides OpenAI's behaviour it can play llama.cpp's: refuse what a strict
+//! chat template refuses ([`ScriptedLlm::set_strict_template`]), send an
+//! error event in the middle of a stream ([`Reply::error_mid_stream`]), and
+//! error bodies whose `code` is a number.
 //!
 //! - [`reply`]: [`Reply`] and [`ToolCall`], what the script is made of.
 //! - [`request`]: [`RecordedRequest`], what the server received.
@@ -163,6 +169,27 @@ impl ScriptedLlm {
         responder: impl Fn(&RecordedRequest) -> Reply + Send + Sync + 'static,
     ) {
         self.shared.script().responder = Some(Arc::new(responder));
+    }
+
+    /// Serves `GET /v1/models` with these model ids (without it, that path
+    /// is a 404, as on servers that do not list their models).
+    pub fn list_models<I, S>(&self, models: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.shared.script().models = Some(models.into_iter().map(Into::into).collect());
+    }
+
+    /// Refuses, from now on, what a strict chat template refuses, as
+    /// llama.cpp does with Qwen's or Llama's templates: a chat request with
+    /// a `system` message anywhere but first, a `name` on any message, or
+    /// tool call arguments that are not a JSON object is answered 500 with
+    /// llama.cpp's error body (`{"error": {"code": 500, "message", "type":
+    /// "server_error"}}`), before any scripted reply is taken. The request
+    /// is recorded all the same.
+    pub fn set_strict_template(&self, strict: bool) {
+        self.shared.script().strict_template = strict;
     }
 
     /// Replaces the embedder of `/v1/embeddings` (by default

@@ -94,6 +94,27 @@ pub(crate) fn error_response(
     response
 }
 
+/// llama.cpp's error body, `{"error": {"code", "message", "type"}}`, whose
+/// `code` is the HTTP status as a number (OpenAI's is a string), with the
+/// type llama.cpp gives each status.
+pub(crate) fn llama_cpp_error_body(status: u16, message: &str) -> Value {
+    let kind = match status {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        404 => "not_found_error",
+        501 => "not_supported_error",
+        503 => "unavailable_error",
+        _ => "server_error",
+    };
+    json!({"error": {"code": status, "message": message, "type": kind}})
+}
+
+/// An error response with llama.cpp's body.
+pub(crate) fn llama_cpp_error(status: u16, message: &str) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (code, axum::Json(llama_cpp_error_body(status, message))).into_response()
+}
+
 /// A message reply resolved for one request: ids generated, usage counted.
 pub(crate) struct Answer {
     pub(crate) id: String,

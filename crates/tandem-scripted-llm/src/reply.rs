@@ -23,6 +23,8 @@ pub struct Reply {
     pub(crate) usage: Option<(u32, u32)>,
     pub(crate) finish_reason: Option<String>,
     pub(crate) disconnect_after: Option<usize>,
+    /// `(frames, status, message)`: an error event after that many frames.
+    pub(crate) error_mid_stream: Option<(usize, u16, String)>,
 }
 
 /// What a reply answers with.
@@ -87,6 +89,7 @@ impl Reply {
             usage: None,
             finish_reason: None,
             disconnect_after: None,
+            error_mid_stream: None,
         }
     }
 
@@ -246,6 +249,34 @@ impl Reply {
             "Reply::disconnect_after: only a message reply is sent in frames"
         );
         self.disconnect_after = Some(frames);
+        self
+    }
+
+    /// Fails part-way as llama.cpp (and vLLM) do when generation breaks
+    /// after the answer began: a streaming request gets this many SSE
+    /// frames (the first is the role frame), then an error event,
+    /// `data: {"error": {"code": status, "message", "type"}}` (the code a
+    /// number, as llama.cpp sends it), and the end of the body, with no
+    /// `[DONE]`; a non-streaming request gets the error as its response.
+    ///
+    /// # Panics
+    ///
+    /// If the reply is not a message, or `status` not an error status.
+    pub fn error_mid_stream(
+        mut self,
+        frames: usize,
+        status: u16,
+        message: impl Into<String>,
+    ) -> Self {
+        assert!(
+            matches!(self.kind, ReplyKind::Message { .. }),
+            "Reply::error_mid_stream: only a message reply is sent in frames"
+        );
+        assert!(
+            (400..=599).contains(&status),
+            "Reply::error_mid_stream({status}): only error statuses (400-599)"
+        );
+        self.error_mid_stream = Some((frames, status, message.into()));
         self
     }
 

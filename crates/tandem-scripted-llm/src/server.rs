@@ -29,7 +29,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::embedding::bag_of_words_embedding;
-use crate::openai::{Answer, error_response, estimate_tokens};
+use crate::openai::{
+    Answer, error_response, estimate_tokens, llama_cpp_error, llama_cpp_error_body,
+};
 use crate::reply::{Reply, ReplyKind};
 use crate::request::RecordedRequest;
 
@@ -37,6 +39,9 @@ use crate::request::RecordedRequest;
 pub(crate) const CHAT_PATH: &str = "/v1/chat/completions";
 /// The embeddings path.
 pub(crate) const EMBEDDINGS_PATH: &str = "/v1/embeddings";
+/// The list of models (`GET`), served once [`crate::ScriptedLlm::list_models`]
+/// names them.
+pub(crate) const MODELS_PATH: &str = "/v1/models";
 
 /// The fallback for chat requests when the queues are empty.
 pub(crate) type Responder = Arc<dyn Fn(&RecordedRequest) -> Reply + Send + Sync>;
@@ -64,6 +69,10 @@ pub(crate) struct Script {
     pub(crate) embeddings: VecDeque<Reply>,
     pub(crate) responder: Option<Responder>,
     pub(crate) embedder: Option<Embedder>,
+    /// What `GET /v1/models` lists; none: that path is a 404.
+    pub(crate) models: Option<Vec<String>>,
+    /// Refuse chat requests a strict chat template would refuse.
+    pub(crate) strict_template: bool,
 }
 
 impl Script {
@@ -139,6 +148,7 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, tracker: Tas
 enum Endpoint {
     Chat,
     Embeddings,
+    Models,
 }
 
 /// What the script says to do with a request, decided as it is recorded.
@@ -146,6 +156,11 @@ enum Next {
     /// Answer with this error status and message (auth failure, unknown
     /// path, bad body).
     Reject(u16, String),
+    /// Answer with this error status and message in llama.cpp's error body
+    /// (a strict chat template refusing the conversation).
+    RejectLikeLlamaCpp(u16, String),
+    /// The list of models.
+    Models(Vec<String>),
     /// A queued reply.
     Scripted(Reply),
     /// No queued reply for a chat request: ask the fallback.
@@ -163,28 +178,20 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         return error_response(400, Some("could not read the request body".into()), None);
     };
     let request = RecordedRequest::new(&parts, &body);
-    let checked = check(&shared, &request);
 
     let (number, next, embedder) = {
         let mut script = shared.script();
+        let checked = check(&shared, &script, &request);
         script.requests.push(request.clone());
         let number = script.requests.len();
         let next = match checked {
             Err((status, message)) => Next::Reject(status, message),
-            Ok(Endpoint::Chat) => {
-                let per_model = request
-                    .model
-                    .as_ref()
-                    .and_then(|model| script.per_model.get_mut(model))
-                    .and_then(VecDeque::pop_front);
-                match per_model.or_else(|| script.any_model.pop_front()) {
-                    Some(reply) => Next::Scripted(reply),
-                    None => script
-                        .responder
-                        .clone()
-                        .map_or(Next::Unscripted, Next::Respond),
-                }
-            }
+            Ok(Endpoint::Models) => Next::Models(script.models.clone().unwrap_or_default()),
+            Ok(Endpoint::Chat) if script.strict_template => match strict_refusal(&request) {
+                Some(message) => Next::RejectLikeLlamaCpp(500, message),
+                None => next_chat(&mut script, &request),
+            },
+            Ok(Endpoint::Chat) => next_chat(&mut script, &request),
             Ok(Endpoint::Embeddings) => script
                 .embeddings
                 .pop_front()
@@ -197,6 +204,8 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
 
     let reply = match next {
         Next::Reject(status, message) => return error_response(status, Some(message), None),
+        Next::RejectLikeLlamaCpp(status, message) => return llama_cpp_error(status, &message),
+        Next::Models(models) => return models_response(&models),
         Next::Scripted(reply) => reply,
         Next::Embed => return embeddings(&request, embedder.as_ref()),
         Next::Unscripted => {
@@ -225,9 +234,82 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     answer(&request, reply, embedder.as_ref()).await
 }
 
+/// The queued reply of a chat request, or what to do without one.
+fn next_chat(script: &mut Script, request: &RecordedRequest) -> Next {
+    let per_model = request
+        .model
+        .as_ref()
+        .and_then(|model| script.per_model.get_mut(model))
+        .and_then(VecDeque::pop_front);
+    match per_model.or_else(|| script.any_model.pop_front()) {
+        Some(reply) => Next::Scripted(reply),
+        None => script
+            .responder
+            .clone()
+            .map_or(Next::Unscripted, Next::Respond),
+    }
+}
+
+/// What a strict chat template (Qwen's, Llama's, as llama.cpp renders
+/// them) refuses in a conversation, in llama.cpp's words: a `system`
+/// message anywhere but first, a `name` on a message, and tool call
+/// arguments that are not a JSON object (the template reads them as a
+/// mapping; llama.cpp parses them first).
+fn strict_refusal(request: &RecordedRequest) -> Option<String> {
+    for (index, message) in request.messages().iter().enumerate() {
+        if index > 0 && message.get("role").and_then(Value::as_str) == Some("system") {
+            return Some("System message must be at the beginning.".to_owned());
+        }
+        if message.get("name").is_some_and(|name| !name.is_null()) {
+            return Some(format!(
+                "Unexpected key 'name' in message {index}: this chat template does not \
+                 support named messages"
+            ));
+        }
+        for call in message
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let arguments = call
+                .pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            match serde_json::from_str::<Value>(arguments) {
+                Ok(Value::Object(_)) => {}
+                Ok(_) => {
+                    return Some(format!(
+                        "Tool call arguments must be a JSON object, got: {arguments}"
+                    ));
+                }
+                Err(error) => {
+                    return Some(format!(
+                        "Failed to parse tool call arguments as JSON: {error}"
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The `GET /v1/models` answer.
+fn models_response(models: &[String]) -> Response {
+    let data: Vec<Value> = models
+        .iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "scripted"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
 /// Checks auth, the route and the body: the endpoint when all is well, the
 /// error status and message otherwise.
-fn check(shared: &Shared, request: &RecordedRequest) -> Result<Endpoint, (u16, String)> {
+fn check(
+    shared: &Shared,
+    script: &Script,
+    request: &RecordedRequest,
+) -> Result<Endpoint, (u16, String)> {
     if let Some(key) = &shared.api_key {
         let expected = format!("Bearer {key}");
         if request.header("authorization") != Some(expected.as_str()) {
@@ -243,6 +325,12 @@ fn check(shared: &Shared, request: &RecordedRequest) -> Result<Endpoint, (u16, S
         let message = format!("Invalid URL ({} {})", request.method, request.path);
         (404, message)
     };
+    if request.method == Method::GET.as_str()
+        && request.path == MODELS_PATH
+        && script.models.is_some()
+    {
+        return Ok(Endpoint::Models);
+    }
     if request.method != Method::POST.as_str() {
         return Err(invalid_url());
     }
@@ -284,12 +372,32 @@ async fn answer(request: &RecordedRequest, reply: Reply, embedder: Option<&Embed
         // connection, when the server stops.
         ReplyKind::Stall => std::future::pending().await,
         ReplyKind::Message { .. } if !request.is_chat() => embeddings(request, embedder),
+        ReplyKind::Message { .. } if reply.error_mid_stream.is_some() && !request.stream() => {
+            let (_, status, message) = reply.error_mid_stream.as_ref().expect("checked");
+            llama_cpp_error(*status, message)
+        }
         ReplyKind::Message {
             content,
             tool_calls,
         } => {
             let answer = Answer::new(request, &reply, content.as_deref(), tool_calls);
-            if request.stream() {
+            if let Some((frames, status, message)) = &reply.error_mid_stream {
+                let mut sent: Vec<Bytes> = answer
+                    .frames(reply.chunks, request.include_usage())
+                    .into_iter()
+                    .take(*frames)
+                    .collect();
+                sent.push(Bytes::from(format!(
+                    "data: {}\n\n",
+                    llama_cpp_error_body(*status, message)
+                )));
+                let mut response = framed(sent, reply.chunk_delay, None).into_response();
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream"),
+                );
+                response
+            } else if request.stream() {
                 let frames = answer.frames(reply.chunks, request.include_usage());
                 let body = framed(frames, reply.chunk_delay, reply.disconnect_after);
                 let mut response = body.into_response();

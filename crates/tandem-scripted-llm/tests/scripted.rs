@@ -561,3 +561,117 @@ async fn concurrent_requests_take_replies_in_arrival_order() {
     }
     assert_eq!(llm.pending(), 0);
 }
+
+#[tokio::test]
+async fn a_strict_template_refuses_late_system_turns_names_and_broken_arguments() {
+    let llm = ScriptedLlm::start().await;
+    llm.set_strict_template(true);
+    llm.push(Reply::text("accepted"));
+    let refused = [
+        json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "system", "content": "A note."},
+        ]),
+        json!([
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "name": "Sam", "content": "Sam here."},
+        ]),
+        json!([
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "ask_human", "arguments": "{not json"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "error"},
+        ]),
+        json!([
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "ask_human", "arguments": "\"a string\""}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "error"},
+        ]),
+    ];
+    for messages in refused {
+        let response = post(
+            &llm,
+            "/chat/completions",
+            json!({"model": "m", "messages": messages}),
+        )
+        .await;
+        assert_eq!(response.status(), 500, "{messages}");
+        let body: Value = response.json().await.expect("an error body");
+        assert_eq!(
+            body["error"]["code"], 500,
+            "llama.cpp's numeric code: {body}"
+        );
+        assert_eq!(body["error"]["type"], "server_error");
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+    assert_eq!(llm.pending(), 1, "a refused request takes no reply");
+    assert_eq!(
+        llm.chat_requests().len(),
+        4,
+        "refused requests are recorded"
+    );
+    let accepted = chat(
+        &llm,
+        json!({"model": "m", "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "ask_human", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "error"},
+        ]}),
+    )
+    .await;
+    assert_eq!(content(&accepted), "accepted");
+}
+
+#[tokio::test]
+async fn an_error_event_mid_stream_ends_the_stream_without_done() {
+    let llm = ScriptedLlm::start().await;
+    llm.push(
+        Reply::text("one two three")
+            .chunked(3)
+            .error_mid_stream(2, 500, "slot failed"),
+    );
+    let mut body = chat_body("m", "Hi");
+    body["stream"] = json!(true);
+    let response = post(&llm, "/chat/completions", body).await;
+    let frames = sse(response).await;
+    assert_eq!(frames.len(), 3, "{frames:?}");
+    let error: Value = serde_json::from_str(&frames[2]).expect("JSON");
+    assert_eq!(
+        error,
+        json!({"error": {"code": 500, "message": "slot failed", "type": "server_error"}})
+    );
+    let first: Value = serde_json::from_str(&frames[1]).expect("JSON");
+    assert_eq!(first["choices"][0]["delta"]["content"], "one ");
+
+    // Unstreamed, the error is the answer.
+    llm.push(Reply::text("x").error_mid_stream(1, 503, "loading model"));
+    let response = post(&llm, "/chat/completions", chat_body("m", "Hi")).await;
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.expect("an error body");
+    assert_eq!(body["error"]["message"], "loading model");
+}
+
+#[tokio::test]
+async fn models_are_listed_only_once_named() {
+    let llm = ScriptedLlm::start().await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/models", llm.base_url());
+    let unlisted = client.get(&url).send().await.expect("send");
+    assert_eq!(unlisted.status(), 404);
+    llm.list_models(["qwen2.5", "nomic-embed-text"]);
+    let listed = client.get(&url).send().await.expect("send");
+    assert_eq!(listed.status(), 200);
+    let body: Value = listed.json().await.expect("a list");
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["qwen2.5", "nomic-embed-text"]);
+    assert_eq!(llm.requests().len(), 2, "both recorded");
+}
