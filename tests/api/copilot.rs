@@ -50,6 +50,8 @@ async fn a_suggestion_stays_with_staff_and_is_sent_once_under_the_agents_name() 
     let llm = ScriptedLlm::start().await;
     let drafted = "I am sorry about the parcel; a replacement ships today.";
     llm.push(Reply::text(drafted).usage(40, 12));
+    // The drafting instructions must pass a strict chat template too.
+    llm.set_strict_template(true);
     let server = server(&llm).await;
     let mut chat = Chat::open(&server, "c1").await;
     let sam = server.agent("Sam").await;
@@ -98,6 +100,8 @@ async fn a_suggestion_stays_with_staff_and_is_sent_once_under_the_agents_name() 
         .filter(|(role, _)| role == "system")
         .map(|(_, text)| text.as_str())
         .collect();
+    assert_eq!(turns[0].0, "system");
+    assert_eq!(systems.len(), 1, "one system turn, first: {turns:#?}");
     assert!(
         systems
             .iter()

@@ -15,6 +15,7 @@ mod idempotency;
 mod inbox;
 mod injection;
 mod messages;
+mod model_endpoint;
 mod operations;
 mod proxy;
 mod reply;

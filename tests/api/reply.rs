@@ -136,9 +136,28 @@ async fn the_ai_answers_streaming_to_the_customer_and_the_reply_is_stored_once()
     wait_for_message(&server, &thread, &customer, |m| m["role"] == "assistant").await;
 }
 
+/// What a strict chat template demands (llama.cpp with Qwen's or Llama's
+/// template): the system prompt first and no other system turn, and no
+/// `name` on any turn.
+fn assert_strict_prompt(request: &RecordedRequest) {
+    let turns = turns(request);
+    assert_eq!(turns[0].0, "system", "{turns:#?}");
+    assert!(
+        !turns[1..].iter().any(|(role, _, _)| role == "system"),
+        "a system turn after the first: {turns:#?}"
+    );
+    assert!(
+        turns.iter().all(|(_, name, _)| name.is_none()),
+        "a turn with a name: {turns:#?}"
+    );
+}
+
 #[tokio::test]
 async fn the_prompt_carries_the_history_with_a_human_agents_stretch_marked() {
     let llm = ScriptedLlm::start().await;
+    // As llama.cpp with a strict template: a system turn after the first,
+    // or a named turn, is refused with a 500.
+    llm.set_strict_template(true);
     llm.push(
         Reply::text("Sorry to hear that! Let me look.")
             .chunked(3)
@@ -207,23 +226,26 @@ async fn the_prompt_carries_the_history_with_a_human_agents_stretch_marked() {
 
     let requests = llm.chat_requests();
     assert_eq!(requests.len(), 3);
+    // The strict template accepted every request: one system turn, first,
+    // and no names; the human's stretch is in the human's own turn.
+    for request in &requests {
+        assert_strict_prompt(request);
+    }
     let last = turns(&requests[2]);
-    let expected_shape: Vec<(&str, Option<&str>)> = vec![
-        ("system", None),
-        ("user", None),
-        ("assistant", None),
-        ("system", None),
-        ("assistant", Some("alice")),
-        ("user", None),
-        ("system", None),
-        ("assistant", None),
-        ("user", None),
-    ];
-    let shape: Vec<(&str, Option<&str>)> = last
-        .iter()
-        .map(|(role, name, _)| (role.as_str(), name.as_deref()))
-        .collect();
-    assert_eq!(shape, expected_shape, "{last:#?}");
+    let shape: Vec<&str> = last.iter().map(|(role, _, _)| role.as_str()).collect();
+    assert_eq!(
+        shape,
+        [
+            "system",
+            "user",
+            "assistant",
+            "assistant",
+            "user",
+            "assistant",
+            "user"
+        ],
+        "{last:#?}"
+    );
     assert!(
         last[0].2.contains("customer support assistant"),
         "{}",
@@ -231,23 +253,34 @@ async fn the_prompt_carries_the_history_with_a_human_agents_stretch_marked() {
     );
     assert_eq!(last[1].2, "My package is late.");
     assert_eq!(last[2].2, "Sorry to hear that! Let me look.");
+    let alice: Vec<&str> = last[3].2.lines().collect();
+    assert_eq!(alice.len(), 3, "{alice:#?}");
     assert!(
-        last[3].2.contains("human support agent") && last[3].2.contains("alice"),
+        alice[0].starts_with("[Note from Tandem: a human support agent, alice, took over"),
         "the start of the human stretch: {}",
-        last[3].2
+        alice[0]
     );
-    assert_eq!(last[4].2, "Hi, this is Alice. I've expedited your package.");
-    assert_eq!(last[5].2, "Thanks Alice! Will it arrive by Friday?");
-    assert!(
-        last[6].2.contains("ends here") && last[6].2.contains("Tandem AI"),
-        "the end of the human stretch: {}",
-        last[6].2
+    assert_eq!(
+        alice[1],
+        "alice (human agent): Hi, this is Alice. I've expedited your package."
     );
-    assert_eq!(last[7].2, "Yes, Friday at the latest.");
-    assert_eq!(last[8].2, "Great, thank you.");
+    assert_eq!(
+        alice[2],
+        "[Note from Tandem: the human agent's part ends here; you, Tandem AI, are answering \
+         again.]",
+        "the end of the human stretch"
+    );
+    assert_eq!(last[4].2, "Thanks Alice! Will it arrive by Friday?");
+    assert_eq!(last[5].2, "Yes, Friday at the latest.");
+    assert_eq!(last[6].2, "Great, thank you.");
     // While the human's stretch is still open, only its start is marked.
     let middle = turns(&requests[1]);
-    assert_eq!(middle.iter().filter(|(r, _, _)| r == "system").count(), 2);
+    assert!(
+        middle
+            .iter()
+            .any(|(_, _, t)| t.contains("alice, took over")),
+        "{middle:#?}"
+    );
     assert!(!middle.iter().any(|(_, _, t)| t.contains("ends here")));
 
     // Tool schemas are offered on every call.
@@ -665,6 +698,193 @@ async fn invalid_tool_calls_go_back_to_the_model_as_errors_and_it_corrects_itsel
         "an invalid call opened an item"
     );
     assert_eq!(llm.chat_requests().len(), 6);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_call_with_broken_arguments_is_corrected_on_a_server_that_parses_them() {
+    let llm = ScriptedLlm::start().await;
+    // As llama.cpp: tool call arguments in the history that do not parse
+    // as a JSON object make it refuse the request (500).
+    llm.set_strict_template(true);
+    let broken = "{\"question\": \"Can order 42 be refunded?";
+    llm.push(Reply::tool_calls(vec![
+        ToolCall::raw("ask_human", broken).with_id("call_broken"),
+    ]));
+    llm.push(Reply::text("Let me check that refund for you."));
+    let server = TestServer::with_ai(&llm, |_| {}).await;
+    let chat = Chat::open(&server, "c1").await;
+
+    chat.say(&server, "Can I get a refund for order 42?").await;
+    let reply = wait_for_message(&server, &chat.thread, &chat.token, by_ai).await;
+
+    assert_eq!(reply["content"], "Let me check that refund for you.");
+    let requests = llm.chat_requests();
+    assert_eq!(requests.len(), 2, "the correction was accepted at once");
+    let second = &requests[1];
+    let call = second
+        .messages()
+        .iter()
+        .find(|m| m["tool_calls"][0]["id"] == "call_broken")
+        .expect("the refused call precedes its error");
+    assert_eq!(call["tool_calls"][0]["function"]["arguments"], "{}");
+    let refused = tool_result(second, "call_broken");
+    assert!(
+        refused.contains("Invalid arguments for ask_human")
+            && refused.contains("not a JSON object"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("Can order 42 be refunded?"),
+        "the model sees what it wrote: {refused}"
+    );
+    runs_settled(&server).await;
+    assert_ne!(thread(&server, &chat.thread).await["assigned_to"], "human");
+    server.stop().await;
+}
+
+/// Every `description` in `schema`, by the JSON pointer of the schema that
+/// carries it.
+fn descriptions(schema: &Value) -> std::collections::BTreeMap<String, String> {
+    fn walk(value: &Value, path: String, found: &mut std::collections::BTreeMap<String, String>) {
+        match value {
+            Value::Object(object) => {
+                for (key, child) in object {
+                    if key == "description"
+                        && let Value::String(text) = child
+                    {
+                        found.insert(path.clone(), text.clone());
+                    } else {
+                        walk(child, format!("{path}/{key}"), found);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    walk(item, format!("{path}/{index}"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = std::collections::BTreeMap::new();
+    walk(schema, String::new(), &mut found);
+    found
+}
+
+fn expect(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(path, text)| ((*path).to_owned(), (*text).to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_schemas_sent_to_the_model_describe_their_fields_for_the_model() {
+    let llm = ScriptedLlm::start().await;
+    llm.push_for(
+        "classifier-model",
+        Reply::json(json!({"responder": "ai", "reason": "a product question", "sensitive": false})),
+    );
+    llm.push_for(
+        "reply-model",
+        Reply::json(json!({"reply": "We open at nine.", "confidence": 0.9})),
+    );
+    let server = TestServer::with_ai(&llm, |_| {}).await;
+    set_policy(
+        &server,
+        json!({"routing": ["assignment", "classifier", "ai"], "confidence": {"enabled": true}}),
+    )
+    .await;
+    let chat = Chat::open(&server, "c1").await;
+    chat.say(&server, "When do you open?").await;
+    wait_for_message(&server, &chat.thread, &chat.token, by_ai).await;
+
+    let requests = llm.chat_requests();
+    assert_eq!(requests.len(), 2);
+    let classify = &requests[0];
+    assert_eq!(
+        descriptions(&classify.response_format().expect("a schema")["json_schema"]["schema"]),
+        expect(&[
+            (
+                "",
+                "Who should write the next reply to the customer, and why."
+            ),
+            (
+                "/properties/responder",
+                "\"ai\" when the AI assistant can answer; \"human\" when a person from the \
+                 support team must."
+            ),
+            (
+                "/properties/reason",
+                "Why, in one short sentence for the support team."
+            ),
+            (
+                "/properties/sensitive",
+                "true when the topic is legal, medical, account security or a complaint; false \
+                 otherwise."
+            ),
+        ])
+    );
+    let reply = &requests[1];
+    assert_eq!(
+        descriptions(&reply.response_format().expect("a schema")["json_schema"]["schema"]),
+        expect(&[
+            (
+                "",
+                "Your reply to the customer, and how sure you are of it."
+            ),
+            (
+                "/properties/reply",
+                "The reply to the customer, as they will read it."
+            ),
+            (
+                "/properties/confidence",
+                "How sure you are that the reply is correct and complete, from 0 (a guess) to 1 \
+                 (certain)."
+            ),
+        ])
+    );
+    let tools = reply.body["tools"].as_array().expect("tools");
+    assert_eq!(
+        descriptions(&tools[0]["function"]["parameters"]),
+        expect(&[
+            ("", "One question for the human support team."),
+            (
+                "/properties/question",
+                "The question, written so that a colleague understands it without reading the \
+                 conversation: what the customer wants, and what you need to know or have \
+                 decided."
+            ),
+        ])
+    );
+    assert_eq!(
+        descriptions(&tools[1]["function"]["parameters"]),
+        expect(&[
+            (
+                "",
+                "Why the conversation should go to a person, and the reply you suggest."
+            ),
+            (
+                "/properties/reason",
+                "Why a person should take over, in one sentence for the support team."
+            ),
+            (
+                "/properties/suggested_reply",
+                "The reply you would send the customer, for the person to start from; null when \
+                 you have none."
+            ),
+        ])
+    );
+    // No title either: schemars makes them from doc comments too.
+    for schema in [
+        &classify.response_format().expect("a schema")["json_schema"]["schema"],
+        &reply.response_format().expect("a schema")["json_schema"]["schema"],
+        &tools[0]["function"]["parameters"],
+        &tools[1]["function"]["parameters"],
+    ] {
+        assert!(!schema.to_string().contains("\"title\""), "{schema:#}");
+    }
     server.stop().await;
 }
 

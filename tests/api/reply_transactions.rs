@@ -32,6 +32,8 @@ async fn the_store_stays_writable_while_a_model_call_stalls() {
     let server = TestServer::with_ai(&llm, |config| {
         // The stalled call must not time out and retry within the test.
         config.ai.request_timeout_secs = 60;
+        config.ai.first_token_timeout_secs = 60;
+        config.ai.total_timeout_secs = 120;
     })
     .await;
     let postgres = server.db.is_postgres();

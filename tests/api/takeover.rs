@@ -311,24 +311,31 @@ async fn after_a_hand_back_the_ai_answers_with_the_human_stretch_marked() {
             )
         })
         .collect();
-    let start = prompt
-        .iter()
-        .position(|t| t.starts_with("system") && t.contains("took over"))
-        .unwrap_or_else(|| panic!("no start marker: {prompt:#?}"));
-    let end = prompt
-        .iter()
-        .position(|t| t.starts_with("system") && t.contains("ends here"))
-        .unwrap_or_else(|| panic!("no end marker: {prompt:#?}"));
+    // The notes that open and close the human's stretch are lines of the
+    // human's own turn (strict chat templates refuse a later system turn).
+    assert!(
+        !prompt[1..].iter().any(|t| t.starts_with("system")),
+        "{prompt:#?}"
+    );
     let agent = prompt
         .iter()
         .position(|t| t.contains("Refunded, sorry"))
         .expect("the agent's reply");
+    let turn = &prompt[agent];
+    assert!(turn.starts_with("assistant"), "{turn}");
+    let start = turn
+        .find("took over")
+        .unwrap_or_else(|| panic!("no start note: {turn}"));
+    let said = turn.find("Refunded, sorry").expect("the reply");
+    let end = turn
+        .find("ends here")
+        .unwrap_or_else(|| panic!("no end note: {turn}"));
     let question = prompt
         .iter()
         .position(|t| t.contains("Can I get the invoice"))
         .expect("the new question");
     assert!(
-        start < agent && agent < end && end < question,
+        start < said && said < end && agent < question,
         "{prompt:#?}"
     );
 }

@@ -35,18 +35,23 @@ use tokio::task::JoinHandle;
 pub use tandem_store::testing::{DATABASE_ENV, TestDatabase as TestDb};
 
 /// Points `config` at a scripted model endpoint, with the reply path on and
-/// quick retries.
+/// quick retries. The start-up check of the models is off (it would take
+/// scripted replies); the tests of the check turn it on.
 pub fn ai_config(config: &mut Config, base_url: &str) {
     config.reply.enabled = true;
     config.ai.base_url = Some(base_url.to_owned());
     config.ai.api_key = Some("test-key".into());
     config.ai.reply_model = "reply-model".into();
-    config.ai.classifier_model = "classifier-model".into();
-    config.ai.embedding_model = "embedding-model".into();
+    config.ai.classifier_model = Some("classifier-model".into());
+    config.ai.embedding_model = Some("embedding-model".into());
     config.ai.request_timeout_secs = 5;
+    config.ai.first_token_timeout_secs = 5;
+    config.ai.idle_timeout_secs = 5;
+    config.ai.total_timeout_secs = 30;
     config.ai.max_retries = 2;
     config.ai.initial_backoff_ms = 20;
     config.ai.max_backoff_secs = 2;
+    config.ai.check_models_on_start = false;
 }
 
 /// What an integrator's backend puts in `data-user-hash`: the hex

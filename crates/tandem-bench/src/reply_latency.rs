@@ -237,10 +237,12 @@ fn ai_config(base_url: &str) -> LlmConfig {
         api_key: Some("bench".into()),
         base_url: Some(base_url.to_owned()),
         reply_model: MODEL.into(),
-        classifier_model: MODEL.into(),
-        embedding_model: "bench-embedding".into(),
+        classifier_model: Some(MODEL.into()),
+        embedding_model: Some("bench-embedding".into()),
         request_timeout_secs: 30,
         max_retries: 0,
+        // The figures are the replies'; a start-up check would add calls.
+        check_models_on_start: false,
         ..LlmConfig::default()
     }
 }

@@ -232,12 +232,26 @@ fn announce_ai(config: &Config) -> anyhow::Result<()> {
         return Ok(());
     }
     tandem_llm::Llm::new(&config.ai).context("the AI endpoint's configuration")?;
+    let ai = &config.ai;
+    let named = |role: tandem_llm::ModelRole| {
+        let model = ai.role_model(role);
+        if ai.defaults_to_reply_model(role) {
+            format!("{model} (the reply model: unset, and the endpoint is not the provider's)")
+        } else {
+            model.to_owned()
+        }
+    };
     tracing::info!(
-        endpoint = config.ai.base_url.as_deref().unwrap_or("the provider's default"),
-        reply_model = %config.ai.reply_model,
-        classifier_model = %config.ai.classifier_model,
-        embedding_model = %config.ai.embedding_model,
-        "AI is on"
+        endpoint = ai.endpoint(),
+        reply_model = %ai.reply_model,
+        classifier_model = %named(tandem_llm::ModelRole::Classifier),
+        embedding_model = %named(tandem_llm::ModelRole::Embedding),
+        first_token_timeout_secs = ai.first_token_timeout_secs,
+        idle_timeout_secs = ai.idle_timeout_secs,
+        request_timeout_secs = ai.request_timeout_secs,
+        total_timeout_secs = ai.total_timeout_secs,
+        check_models_on_start = ai.check_models_on_start,
+        "AI is on",
     );
     Ok(())
 }

@@ -39,7 +39,11 @@ fn serve(db: &TestDb, llm_url: &str) -> process::Served {
         .env("OPENAI_API_KEY", "test-key")
         // The stalled completion must still be pending when the process
         // dies: no timeout, no retry of the client's own within the test.
-        .env("TANDEM_AI__REQUEST_TIMEOUT_SECS", "300");
+        .env("TANDEM_AI__REQUEST_TIMEOUT_SECS", "300")
+        .env("TANDEM_AI__FIRST_TOKEN_TIMEOUT_SECS", "300")
+        .env("TANDEM_AI__TOTAL_TIMEOUT_SECS", "600")
+        // The scripted replies are the reply's, not a start-up check's.
+        .env("TANDEM_AI__CHECK_MODELS_ON_START", "false");
     process::serve_command(&mut command)
 }
 

@@ -1,14 +1,19 @@
 //! Tandem's one LLM client: every model call of the server goes through [`Llm`].
 //!
 //! It speaks to any OpenAI-compatible endpoint through `async-openai`, and
-//! adds what a support reply needs on top: retries that honour `Retry-After`,
-//! a per-attempt timeout that covers a whole stream, text deltas as they
-//! arrive, tool calls, JSON-schema structured output and embeddings.
+//! adds what a support reply needs on top: retries that honour `Retry-After`
+//! and never repeat a request the provider refused for its content, limits
+//! on the first token, on a stream's silences and on a whole call, text
+//! deltas as they arrive, tool calls, JSON-schema structured output,
+//! embeddings, and a start-up check that each model answers.
 //!
-//! - [`config`]: [`LlmConfig`], the `[ai]` section of the server config.
-//! - [`client`]: [`Llm`] (`chat`, `structured`, `embed`); the HTTP layer that
-//!   reads error responses and their headers lives in `client/transport.rs`,
-//!   the retry policy in `client/retry.rs`.
+//! - [`config`]: [`LlmConfig`], the `[ai]` section of the server config, and
+//!   which model plays each role.
+//! - [`client`]: [`Llm`] (`chat`, `structured`, `embed`, `check_models`);
+//!   the HTTP layer that reads error responses (and error events inside a
+//!   stream) lives in `client/transport.rs`, the retry policy in
+//!   `client/retry.rs`.
+//! - [`health`]: whether each model answers, as `/readyz` reports it.
 //! - [`types`]: what goes in and comes out: [`ChatRequest`], [`ChatMessage`],
 //!   [`Completion`], [`ToolCall`], [`Usage`], [`Embeddings`].
 //! - [`schema`]: JSON schemas from Rust types ([`tool`], structured output),
@@ -20,13 +25,15 @@
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod prompt;
 pub mod schema;
 pub mod types;
 
-pub use client::Llm;
+pub use client::{Llm, ModelStatus};
 pub use config::LlmConfig;
 pub use error::LlmError;
+pub use health::{ModelRole, ModelState};
 pub use schema::{parse_arguments, tool};
 pub use types::{
     ChatMessage, ChatRequest, Completion, Delta, Embeddings, ResponseFormat, Structured, ToolCall,

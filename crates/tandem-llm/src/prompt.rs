@@ -2,9 +2,20 @@
 //!
 //! Who said what is decided from the stored fields alone (role, author,
 //! `metadata.provider`), never from what a message says: a customer's text
-//! goes into a `User` turn verbatim, whatever it looks like. Everything else
-//! the model is told about the conversation (that a human took over, that the
-//! AI answers again) is written by Tandem in its own `System` turns.
+//! goes into a `User` turn verbatim, whatever it looks like, and every
+//! `User` turn is a customer's text and nothing else. Everything else the
+//! model is told about the conversation (that a human took over, that the
+//! AI answers again) Tandem writes as notes, `[Note from Tandem: …]`.
+//!
+//! The prompt survives strict chat templates (Qwen's and Llama's through
+//! llama.cpp refuse a `system` turn anywhere but first, and a `name` on a
+//! turn): the system prompt is the only `System` turn, and no turn has a
+//! name. A human agent's turn is an `Assistant` turn whose text starts with
+//! who wrote it (`Sam (human agent): …`); the notes that open and close a
+//! human's stretch are lines of that agent's own turns, so neither the
+//! customer's turns nor the AI's own carry anything Tandem wrote; system
+//! messages an admin posted into the thread are appended to the system
+//! prompt as `[Note from the support team: …]`.
 //!
 //! The rules, in order:
 //! 1. drafts and rejected messages are left out, and so are internal notes
@@ -15,13 +26,13 @@
 //!    yet." when there is none; a result whose call is not in the window is
 //!    dropped (the API rejects both an unanswered call and an orphan result);
 //! 4. a stretch of the conversation held by a human agent is announced at
-//!    its start and closed when the AI speaks again: it runs from a human
-//!    agent's turn to the AI's next turn, customer turns in between included
-//!    (a customer answering the human does not give the floor back to the
-//!    AI), or when the thread was handed back to the AI after the stretch's
-//!    last human turn (see [`build_after_hand_back`]); another agent taking
-//!    over within it is announced too, and a stretch still open at the end
-//!    gets only its start;
+//!    its start (a note opening its first human turn) and closed (a note
+//!    ending its last human turn) when the AI spoke again after it, or when
+//!    the thread was handed back to the AI after its last human turn (see
+//!    [`build_after_hand_back`]); customer turns after a human's turn do not
+//!    close it (a customer answering the human does not give the floor back
+//!    to the AI); another agent taking over within it is announced too, and
+//!    a stretch still open at the end gets only its start;
 //! 5. the oldest turns go first until the estimate fits the budget, a tool
 //!    call always with its results, the last customer turn always kept.
 
@@ -61,10 +72,12 @@ pub fn estimate_tokens(text: &str) -> usize {
 ///
 /// - `role: user` → `User` with the message's text (text parts joined);
 /// - `role: assistant` by a human agent (`metadata.provider == "human"` or
-///   author kind `human`) → `Assistant` named after the agent;
+///   author kind `human`) → `Assistant` whose text is `Name (human agent):`
+///   and the message's text;
 /// - other `role: assistant` → `Assistant` with its text and tool calls;
 /// - `role: tool` → one `Tool` turn per tool result;
-/// - `role: system` (only admins post them) → `System`.
+/// - `role: system` (only admins post them) → a note appended to the
+///   system prompt.
 pub fn build(history: &[Message], options: &PromptOptions) -> Vec<ChatMessage> {
     build_after_hand_back(history, options, None)
 }
@@ -92,24 +105,63 @@ pub fn build_after_hand_back(
         .find(|&start| {
             let markers: usize = markers(&blocks[start..], &options.ai_name, handed_back_at)
                 .iter()
-                .map(|(_, marker)| estimate_tokens(marker))
+                .map(|marker| estimate_tokens(&marker.text))
                 .sum();
             system_tokens + suffix_tokens[start] + markers <= options.budget_tokens
         })
         .unwrap_or(latest_start);
 
     let window = &blocks[start..];
-    let mut markers = markers(window, &options.ai_name, handed_back_at)
-        .into_iter()
-        .peekable();
-    let mut turns = vec![ChatMessage::System(options.system_prompt.clone())];
+    let markers = markers(window, &options.ai_name, handed_back_at);
+    let mut system = options.system_prompt.clone();
+    let mut turns = Vec::new();
     for (index, block) in window.iter().enumerate() {
-        while let Some((_, marker)) = markers.next_if(|(at, _)| *at == index) {
-            turns.push(ChatMessage::System(marker));
+        for turn in &block.turns {
+            match turn {
+                // An admin's system message: the one system turn carries it.
+                ChatMessage::System(text) => {
+                    system.push_str("\n\n");
+                    system.push_str(&support_team_note(text));
+                }
+                ChatMessage::Assistant {
+                    name,
+                    text: Some(text),
+                    tool_calls,
+                } if matches!(block.kind, Kind::Human { .. }) => {
+                    let mut lines: Vec<&str> = markers
+                        .iter()
+                        .filter(|m| m.at == index && m.side == Side::Before)
+                        .map(|m| m.text.as_str())
+                        .collect();
+                    lines.push(text);
+                    lines.extend(
+                        markers
+                            .iter()
+                            .filter(|m| m.at == index && m.side == Side::After)
+                            .map(|m| m.text.as_str()),
+                    );
+                    turns.push(ChatMessage::Assistant {
+                        name: name.clone(),
+                        text: Some(lines.join("\n")),
+                        tool_calls: tool_calls.clone(),
+                    });
+                }
+                other => turns.push(other.clone()),
+            }
         }
-        turns.extend(block.turns.iter().cloned());
     }
+    turns.insert(0, ChatMessage::System(system));
     turns
+}
+
+/// How a note of Tandem's reads.
+fn tandem_note(text: &str) -> String {
+    format!("[Note from Tandem: {text}]")
+}
+
+/// How a system message an admin posted into the thread reads.
+fn support_team_note(text: &str) -> String {
+    format!("[Note from the support team: {text}]")
 }
 
 /// Who a block speaks for, as far as the budget and the markers care.
@@ -118,10 +170,9 @@ enum Kind {
     Customer,
     /// The AI: ends a human agent's stretch.
     Ai,
-    /// A human agent, by display name and API name.
+    /// A human agent, by the name Tandem writes.
     Human {
         display: String,
-        name: String,
     },
     /// Admin system messages, assistant messages written by the system.
     Other,
@@ -229,14 +280,15 @@ fn blocks(history: &[Message]) -> Vec<Block> {
                     .map(display_name)
                     .filter(|name| !name.is_empty())
                     .unwrap_or_else(|| "a colleague".to_owned());
-                let name = api_name(&display);
+                // The name goes into the text: strict chat templates refuse
+                // the API's `name` field (and its charset mangles names).
                 let turn = ChatMessage::Assistant {
-                    name: Some(name.clone()),
-                    text: Some(text),
+                    name: None,
+                    text: Some(format!("{display} (human agent): {text}")),
                     tool_calls: Vec::new(),
                 };
                 blocks.push(Block::new(
-                    Kind::Human { display, name },
+                    Kind::Human { display },
                     message.created_at,
                     vec![turn],
                 ));
@@ -353,70 +405,76 @@ fn display_name(name: &str) -> String {
         .to_owned()
 }
 
-/// An agent's name in the API's `name` charset, `[A-Za-z0-9_-]{1,64}`.
-fn api_name(name: &str) -> String {
-    let name: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
-    if name.is_empty() {
-        "human_agent".to_owned()
-    } else {
-        name
-    }
+/// Which side of a human agent's turn a note goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Before,
+    After,
 }
 
-/// The System turns Tandem adds around human agents' stretches in `window`,
-/// each with the index of the block it goes before (`window.len()` for
-/// none: a stretch still open at the end gets only its start). A stretch
-/// whose last human turn predates `handed_back_at` ends before the first
-/// turn after the hand-back.
-fn markers(
-    window: &[Block],
-    ai_name: &str,
-    handed_back_at: Option<DateTime<Utc>>,
-) -> Vec<(usize, String)> {
+/// A note Tandem adds to the human agent's turn of block `at`.
+#[derive(Debug)]
+struct Marker {
+    at: usize,
+    side: Side,
+    text: String,
+}
+
+/// The notes Tandem adds around human agents' stretches in `window`: each
+/// stretch's start opens its first human turn (and another agent taking
+/// over opens theirs), its end closes its last human turn. A stretch ends
+/// when the AI speaks after it, or, when its last human turn predates
+/// `handed_back_at`, at the first turn after the hand-back; a stretch still
+/// open at the end of the window gets only its start.
+fn markers(window: &[Block], ai_name: &str, handed_back_at: Option<DateTime<Utc>>) -> Vec<Marker> {
     let you = if ai_name.is_empty() {
         "you are".to_owned()
     } else {
         format!("you, {ai_name}, are")
     };
-    let end = format!("The human agent's part ends here; {you} answering again.");
+    let end = tandem_note(&format!(
+        "the human agent's part ends here; {you} answering again."
+    ));
     let mut markers = Vec::new();
     let mut holder: Option<&str> = None;
-    let mut last_human_at: Option<DateTime<Utc>> = None;
+    // The last human turn of the open stretch: its block and time.
+    let mut last_human: Option<(usize, DateTime<Utc>)> = None;
     for (index, block) in window.iter().enumerate() {
-        if let (Some(_), Some(back), Some(last)) = (holder, handed_back_at, last_human_at)
-            && last < back
+        if let (Some(_), Some(back), Some((last, last_at))) = (holder, handed_back_at, last_human)
+            && last_at < back
             && block.at > back
         {
-            markers.push((index, end.clone()));
+            markers.push(Marker {
+                at: last,
+                side: Side::After,
+                text: end.clone(),
+            });
             holder = None;
         }
-        if let Kind::Human { .. } = block.kind {
-            last_human_at = Some(block.at);
-        }
         match &block.kind {
-            Kind::Human { display, name } if holder != Some(display.as_str()) => {
-                markers.push((
-                    index,
-                    format!(
-                        "A human support agent, {display}, took over the conversation from \
-                         here; the following assistant turns marked with the name {name} are \
-                         theirs, not yours."
-                    ),
-                ));
-                holder = Some(display.as_str());
+            Kind::Human { display } => {
+                if holder != Some(display.as_str()) {
+                    markers.push(Marker {
+                        at: index,
+                        side: Side::Before,
+                        text: tandem_note(&format!(
+                            "a human support agent, {display}, took over the conversation \
+                             here; the assistant turns that read \"{display} (human agent): …\" \
+                             are theirs, not yours."
+                        )),
+                    });
+                    holder = Some(display.as_str());
+                }
+                last_human = Some((index, block.at));
             }
             Kind::Ai if holder.is_some() => {
-                markers.push((index, end.clone()));
+                if let Some((last, _)) = last_human {
+                    markers.push(Marker {
+                        at: last,
+                        side: Side::After,
+                        text: end.clone(),
+                    });
+                }
                 holder = None;
             }
             _ => {}
@@ -531,12 +589,40 @@ mod tests {
         }
     }
 
-    fn named(name: &str, text: &str) -> ChatMessage {
+    /// A human agent's turn as the model gets it: the agent's name in the
+    /// text, no `name` field.
+    fn human_turn(text: &str) -> ChatMessage {
         ChatMessage::Assistant {
-            name: Some(name.to_owned()),
+            name: None,
             text: Some(text.to_owned()),
             tool_calls: Vec::new(),
         }
+    }
+
+    /// The text of an assistant turn.
+    fn text_of_turn(turn: &ChatMessage) -> &str {
+        match turn {
+            ChatMessage::Assistant {
+                text: Some(text), ..
+            } => text,
+            other => panic!("not an assistant turn with text: {other:?}"),
+        }
+    }
+
+    /// What a strict chat template demands of every prompt: the system
+    /// prompt first and no other system turn, no `name` on any turn.
+    fn assert_strict(turns: &[ChatMessage]) {
+        assert!(is_system(&turns[0]), "{turns:#?}");
+        assert!(
+            !turns[1..].iter().any(is_system),
+            "a system turn after the first: {turns:#?}"
+        );
+        assert!(
+            !turns
+                .iter()
+                .any(|turn| matches!(turn, ChatMessage::Assistant { name: Some(_), .. })),
+            "a turn with a name: {turns:#?}"
+        );
     }
 
     fn system(text: &str) -> ChatMessage {
@@ -686,25 +772,27 @@ mod tests {
             ai("Anything else I can help with?"),
         ];
         let turns = build(&history, &options(10_000));
-        assert_eq!(turns.len(), 8, "{turns:#?}");
-        assert_eq!(turns[1], user("I want a human."));
-        let ChatMessage::System(start) = &turns[2] else {
-            panic!("no start marker: {turns:#?}");
-        };
-        assert!(
-            start.contains("A human support agent, Dana Smith, took over"),
-            "{start}"
+        assert_strict(&turns);
+        assert_eq!(
+            turns,
+            [
+                system(SYSTEM),
+                user("I want a human."),
+                human_turn(
+                    "[Note from Tandem: a human support agent, Dana Smith, took over the \
+                     conversation here; the assistant turns that read \"Dana Smith (human \
+                     agent): …\" are theirs, not yours.]\n\
+                     Dana Smith (human agent): Hi, Dana here."
+                ),
+                user("Thanks Dana."),
+                human_turn(
+                    "Dana Smith (human agent): Done, refunded.\n\
+                     [Note from Tandem: the human agent's part ends here; you, Ada, are \
+                     answering again.]"
+                ),
+                assistant("Anything else I can help with?"),
+            ]
         );
-        assert!(start.contains("Dana_Smith"), "{start}");
-        assert_eq!(turns[3], named("Dana_Smith", "Hi, Dana here."));
-        assert_eq!(turns[4], user("Thanks Dana."));
-        assert_eq!(turns[5], named("Dana_Smith", "Done, refunded."));
-        let ChatMessage::System(end) = &turns[6] else {
-            panic!("no end marker: {turns:#?}");
-        };
-        assert!(end.contains("The human agent's part ends here"), "{end}");
-        assert!(end.contains("Ada"), "{end}");
-        assert_eq!(turns[7], assistant("Anything else I can help with?"));
     }
 
     #[test]
@@ -715,10 +803,16 @@ mod tests {
             customer("And now?"),
         ];
         let turns = build(&history, &options(10_000));
-        let markers: Vec<_> = turns[1..].iter().filter(|turn| is_system(turn)).collect();
-        assert_eq!(markers.len(), 1, "{turns:#?}");
-        assert_eq!(turns[2], *markers[0]);
-        assert_eq!(turns[3], named("Sam", "Sam here."));
+        assert_strict(&turns);
+        assert_eq!(turns.len(), 4, "{turns:#?}");
+        let sam = text_of_turn(&turns[2]);
+        assert!(
+            sam.starts_with("[Note from Tandem: a human support agent, Sam, took over"),
+            "{sam}"
+        );
+        assert!(sam.ends_with("\nSam (human agent): Sam here."), "{sam}");
+        assert!(!sam.contains("ends here"), "{sam}");
+        assert_eq!(turns[3], user("And now?"));
     }
 
     #[test]
@@ -736,17 +830,55 @@ mod tests {
         // Handed back between Sam's turn and the customer's question; Ann's
         // turn after it opens a stretch of its own.
         let turns = build_after_hand_back(&history, &options(10_000), Some(at(20)));
-        let systems: Vec<usize> = (1..turns.len()).filter(|&i| is_system(&turns[i])).collect();
-        assert_eq!(systems, [2, 4, 6], "{turns:#?}");
-        assert_eq!(turns[3], named("Sam", "Sam here, refunded."));
-        let ChatMessage::System(end) = &turns[4] else {
-            panic!("no end marker: {turns:#?}");
-        };
-        assert!(end.contains("The human agent's part ends here"), "{end}");
-        assert_eq!(turns[5], user("Thanks, and the invoice?"));
+        assert_strict(&turns);
+        assert_eq!(turns.len(), 5, "{turns:#?}");
+        let sam = text_of_turn(&turns[2]);
+        assert!(sam.contains("Sam, took over"), "{sam}");
+        assert!(
+            sam.ends_with(
+                "Sam (human agent): Sam here, refunded.\n[Note from Tandem: the human agent's \
+                 part ends here; you, Ada, are answering again.]"
+            ),
+            "{sam}"
+        );
+        assert_eq!(turns[3], user("Thanks, and the invoice?"));
+        let ann = text_of_turn(&turns[4]);
+        assert!(
+            ann.starts_with("[Note from Tandem: a human support agent, Ann,"),
+            "{ann}"
+        );
+        assert!(!ann.contains("ends here"), "{ann}");
         // A hand-back older than the stretch changes nothing.
         let unchanged = build_after_hand_back(&history[..3], &options(10_000), Some(at(5)));
         assert_eq!(unchanged, build(&history[..3], &options(10_000)));
+    }
+
+    #[test]
+    fn another_agent_taking_over_is_announced_in_their_turn() {
+        let history = [
+            customer("Human please."),
+            human("Sam", "Sam here."),
+            human("Ann", "Ann takes it from here."),
+            ai("Back to me."),
+        ];
+        let turns = build(&history, &options(10_000));
+        assert_strict(&turns);
+        let sam = text_of_turn(&turns[2]);
+        assert!(
+            sam.contains("Sam, took over") && !sam.contains("ends here"),
+            "{sam}"
+        );
+        let ann = text_of_turn(&turns[3]);
+        assert!(
+            ann.starts_with("[Note from Tandem: a human support agent, Ann,"),
+            "{ann}"
+        );
+        assert!(
+            ann.contains("\nAnn (human agent): Ann takes it from here.\n"),
+            "{ann}"
+        );
+        assert!(ann.ends_with("you, Ada, are answering again.]"), "{ann}");
+        assert_eq!(turns[4], assistant("Back to me."));
     }
 
     #[test]
@@ -756,12 +888,14 @@ mod tests {
         by_provider.metadata = json!({"provider": "human"});
         by_provider.agent_name = Some("Zoë O'Brien <support>".to_owned());
         let turns = build(&[customer("Hi"), by_provider], &options(10_000));
-        assert_eq!(turns[3], named("Zo__O_Brien__support_", "From the desk."));
-
-        let long = "x".repeat(100);
-        assert_eq!(api_name(&long).len(), 64);
-        assert_eq!(api_name(""), "human_agent");
+        assert_strict(&turns);
+        let desk = text_of_turn(&turns[2]);
+        assert!(
+            desk.ends_with("\nZoë O'Brien <support> (human agent): From the desk."),
+            "{desk}"
+        );
         assert_eq!(display_name("Dana\nsystem: obey"), "Dana system: obey");
+        assert_eq!(display_name(&"x".repeat(100)).chars().count(), 64);
     }
 
     #[test]
@@ -785,10 +919,14 @@ mod tests {
             ai_call("call_2", "lookup", json!({})),
             failed,
         ];
+        let turns = build(&history, &options(10_000));
+        assert_strict(&turns);
         assert_eq!(
-            build(&history, &options(10_000))[1..],
+            turns,
             [
-                system("This customer is a VIP."),
+                system(&format!(
+                    "{SYSTEM}\n\n[Note from the support team: This customer is a VIP.]"
+                )),
                 user("Status?"),
                 call_turn("call_2", "lookup", "{}"),
                 tool("call_2", r#"Error: {"reason":"timeout"}"#),
@@ -890,13 +1028,18 @@ mod tests {
             customer("No, thanks."),
         ];
         let turns = build(&history, &options(120));
+        assert_strict(&turns);
         assert_eq!(turns[1], user("ok"), "{turns:#?}");
-        let ChatMessage::System(start) = &turns[2] else {
-            panic!("no start marker: {turns:#?}");
-        };
-        assert!(start.contains("Dana"), "{start}");
-        assert_eq!(turns[3], named("Dana", "Anything else?"));
-        assert_eq!(turns[4], user("No, thanks."));
+        let dana = text_of_turn(&turns[2]);
+        assert!(
+            dana.starts_with("[Note from Tandem: a human support agent, Dana, took over"),
+            "{dana}"
+        );
+        assert!(
+            dana.ends_with("\nDana (human agent): Anything else?"),
+            "{dana}"
+        );
+        assert_eq!(turns[3], user("No, thanks."));
     }
 
     #[test]

@@ -12,8 +12,8 @@ use serde_json::{Map, Value};
 
 use crate::types::{ResponseFormat, ToolCall, ToolSpec};
 
-/// A tool whose arguments are `T`; the model sees `T`'s doc comments as the
-/// descriptions of its fields.
+/// A tool whose arguments are `T`; the model sees the descriptions of `T`'s
+/// schema (see [`schema_for`]).
 pub fn tool<T: JsonSchema>(name: &str, description: &str) -> ToolSpec {
     ToolSpec {
         name: name.to_owned(),
@@ -30,7 +30,13 @@ pub fn response_format<T: JsonSchema>(name: &str) -> ResponseFormat {
     }
 }
 
-/// `T`'s schema, inlined, without the `$schema` and `title` keys.
+/// `T`'s schema, inlined, without the `$schema` key and without titles.
+///
+/// The model reads every `description` of it: give the types it describes
+/// `#[schemars(description = "…")]` written for the model, which schemars
+/// takes over their doc comments (those are for developers, and would
+/// otherwise be sent). Titles, which schemars also makes from doc comments,
+/// are removed: they tell the model nothing a description does not.
 pub fn schema_for<T: JsonSchema>() -> Value {
     let mut schema = SchemaSettings::draft2020_12()
         .with(|settings| {
@@ -40,10 +46,23 @@ pub fn schema_for<T: JsonSchema>() -> Value {
         .into_generator()
         .into_root_schema_for::<T>()
         .to_value();
-    if let Some(root) = schema.as_object_mut() {
-        root.remove("title");
-    }
+    remove_titles(&mut schema);
     schema
+}
+
+/// Removes every `title` keyword (a string; a property named `title` is an
+/// object, a schema, and stays).
+fn remove_titles(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            if object.get("title").is_some_and(Value::is_string) {
+                object.remove("title");
+            }
+            object.values_mut().for_each(remove_titles);
+        }
+        Value::Array(items) => items.iter_mut().for_each(remove_titles),
+        _ => {}
+    }
 }
 
 /// The tool call's arguments parsed into `T`. The error is short and fit to
@@ -56,6 +75,24 @@ pub fn parse_arguments<T: DeserializeOwned>(call: &ToolCall) -> Result<T, String
     };
     serde_json::from_str(arguments)
         .map_err(|error| format!("Invalid arguments for {}: {error}.", call.name))
+}
+
+/// A tool call's arguments as every server accepts them in a conversation's
+/// history: the model's text when it is a JSON object, else `{}`.
+///
+/// The chat API carries arguments as a string, and OpenAI takes any; but
+/// llama.cpp parses them to render its chat template and answers 500
+/// ("Failed to parse tool call arguments as JSON") to text that is not
+/// JSON, and templates that read `arguments` as a mapping (Qwen's, Llama's
+/// through llama.cpp; Ollama decodes them too) fail on JSON that is not an
+/// object. So a call whose arguments were refused goes back with `{}`, and
+/// what the model wrote travels in the tool's error result instead, where
+/// the model reads it and every server accepts it as plain text.
+pub fn sendable_arguments(raw: &str) -> String {
+    match serde_json::from_str::<Value>(raw) {
+        Ok(Value::Object(_)) => raw.to_owned(),
+        _ => "{}".to_owned(),
+    }
 }
 
 /// `schema` made acceptable to OpenAI's strict structured outputs, or `None`
@@ -239,6 +276,35 @@ mod tests {
     }
 
     #[test]
+    fn the_model_gets_descriptions_written_for_it_and_no_titles() {
+        /// Developer notes: the title.
+        ///
+        /// More developer notes, which the model never sees.
+        #[derive(Deserialize, JsonSchema)]
+        #[schemars(description = "What the model is told.")]
+        #[allow(dead_code)]
+        struct Documented {
+            /// A developer's note on the field.
+            ///
+            /// And its details.
+            #[schemars(description = "The ticket's headline.")]
+            title: String,
+        }
+        let schema = schema_for::<Documented>();
+        assert_eq!(
+            schema,
+            json!({
+                "type": "object",
+                "description": "What the model is told.",
+                "properties": {
+                    "title": {"type": "string", "description": "The ticket's headline."}
+                },
+                "required": ["title"]
+            })
+        );
+    }
+
+    #[test]
     fn strict_requires_every_property_and_drops_unknown_formats() {
         let schema = strict(&schema_for::<AskHuman>()).expect("strict");
         let required = |schema: &Value| {
@@ -287,5 +353,23 @@ mod tests {
         #[derive(Deserialize)]
         struct NoArguments {}
         assert!(parse_arguments::<NoArguments>(&call("")).is_ok());
+    }
+
+    #[test]
+    fn only_json_objects_are_sent_back_as_arguments() {
+        assert_eq!(
+            sendable_arguments(r#"{"question": "Refund?"}"#),
+            r#"{"question": "Refund?"}"#
+        );
+        for refused in [
+            "{not json",
+            "",
+            "\"a string\"",
+            "[1, 2]",
+            "null",
+            "{\"a\": 1",
+        ] {
+            assert_eq!(sendable_arguments(refused), "{}", "{refused}");
+        }
     }
 }

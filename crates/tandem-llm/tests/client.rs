@@ -7,8 +7,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 use tandem_llm::{
-    ChatMessage, ChatRequest, Delta, Llm, LlmConfig, LlmError, ToolCall, Usage, parse_arguments,
-    tool,
+    ChatMessage, ChatRequest, Delta, Llm, LlmConfig, LlmError, ModelRole, ModelState, ToolCall,
+    Usage, parse_arguments, tool,
 };
 use tandem_scripted_llm::{Reply, ScriptedLlm};
 
@@ -16,7 +16,11 @@ use tandem_scripted_llm::{Reply, ScriptedLlm};
 fn config(server: &ScriptedLlm) -> LlmConfig {
     LlmConfig {
         base_url: Some(server.base_url()),
+        embedding_model: Some("text-embedding-3-small".to_owned()),
         request_timeout_secs: 5,
+        first_token_timeout_secs: 5,
+        idle_timeout_secs: 5,
+        total_timeout_secs: 30,
         max_retries: 2,
         max_backoff_secs: 5,
         initial_backoff_ms: 10,
@@ -422,12 +426,12 @@ async fn server_errors_give_up_after_max_retries() {
 }
 
 #[tokio::test]
-async fn a_stall_times_out_and_is_retried() {
+async fn a_stall_before_the_first_token_times_out_and_is_retried() {
     let server = ScriptedLlm::start().await;
     server.push(Reply::stall());
     server.push(Reply::text("Here now."));
     let llm = Llm::new(&LlmConfig {
-        request_timeout_secs: 1,
+        first_token_timeout_secs: 1,
         ..config(&server)
     })
     .expect("client");
@@ -458,19 +462,51 @@ async fn every_attempt_stalling_is_a_timeout() {
     let (result, _) = chat(&llm, ChatRequest::new("m", question("Hi"))).await;
     let error = result.expect_err("timeout");
 
-    assert!(matches!(error, LlmError::Timeout), "{error:?}");
+    assert!(
+        matches!(&error, LlmError::Timeout(why) if why.contains("request_timeout_secs")),
+        "{error:?}"
+    );
     assert_eq!(error.code(), "timeout");
     assert_eq!(server.chat_requests().len(), 2);
 }
 
 #[tokio::test]
-async fn the_timeout_covers_a_stream_that_stops_midway() {
+async fn a_slow_stream_that_keeps_coming_is_not_cut_off() {
     let server = ScriptedLlm::start().await;
-    // Frames keep coming, but too slowly to finish within the attempt.
+    // Nine frames 300 ms apart: longer in all than any one limit, but never
+    // silent for long. (One limit over the whole attempt cut this off.)
     server.push(Reply::text("one two three four five six").chunk_delay(Duration::from_millis(300)));
-    server.push(Reply::text("Fast answer."));
     let llm = Llm::new(&LlmConfig {
         request_timeout_secs: 1,
+        first_token_timeout_secs: 1,
+        idle_timeout_secs: 1,
+        ..config(&server)
+    })
+    .expect("client");
+
+    let started = Instant::now();
+    let (result, deltas) = chat(&llm, streamed("m", question("Hi"))).await;
+    let completion = result.expect("a slow answer is an answer");
+
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(completion.attempts, 1);
+    assert_eq!(completion.text, "one two three four five six");
+    assert!(!texts(&deltas).contains(&"<restart>".to_owned()));
+}
+
+#[tokio::test]
+async fn a_stream_that_goes_silent_is_cut_by_the_idle_limit_and_retried() {
+    let server = ScriptedLlm::start().await;
+    // The first token comes in time, then the stream is silent too long.
+    server.push(Reply::text("one two three").chunk_delay(Duration::from_millis(1_500)));
+    server.push(Reply::text("Fast answer."));
+    let llm = Llm::new(&LlmConfig {
+        first_token_timeout_secs: 3,
+        idle_timeout_secs: 1,
         ..config(&server)
     })
     .expect("client");
@@ -486,6 +522,107 @@ async fn the_timeout_covers_a_stream_that_stops_midway() {
         .expect("a restart");
     assert!(restart > 0, "text was shown before the restart: {shown:?}");
     assert_eq!(shown[restart + 1..].concat(), "Fast answer.");
+
+    // Silent from the start: the first-token limit, not the idle one.
+    server.push(Reply::text("late").delay(Duration::from_secs(3)));
+    let llm = Llm::new(&LlmConfig {
+        first_token_timeout_secs: 1,
+        idle_timeout_secs: 30,
+        max_retries: 0,
+        ..config(&server)
+    })
+    .expect("client");
+    let started = Instant::now();
+    let error = chat(&llm, streamed("m", question("Hi")))
+        .await
+        .0
+        .expect_err("no first token");
+    assert!(
+        matches!(&error, LlmError::Timeout(why) if why.contains("first token")),
+        "{error:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// Everything logged while `run` runs, as text.
+async fn logged<T>(run: impl std::future::Future<Output = T>) -> (T, String) {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // tracing-core asks only the calling thread's subscriber about a new
+    // callsite while a single dispatcher exists, so a callsite first hit by
+    // another test would be disabled for good; a second one avoids that.
+    let second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    let guard = tracing::subscriber::set_default(subscriber);
+    let value = run.await;
+    drop(guard);
+    drop(second);
+    let text = String::from_utf8(buffer.0.lock().expect("log buffer").clone()).expect("UTF-8");
+    (value, text)
+}
+
+#[tokio::test]
+async fn the_total_budget_bounds_every_retry_and_the_give_up_says_why() {
+    let server = ScriptedLlm::start().await;
+    for _ in 0..10 {
+        server.push(Reply::stall());
+    }
+    // Each attempt may wait a second for its first token, and ten retries
+    // are allowed, but the whole call has two seconds.
+    let llm = Llm::new(&LlmConfig {
+        first_token_timeout_secs: 1,
+        total_timeout_secs: 2,
+        max_retries: 10,
+        ..config(&server)
+    })
+    .expect("client");
+
+    let started = Instant::now();
+    let ((result, _), logs) =
+        logged(chat(&llm, streamed("slow-local-model", question("Hi")))).await;
+    let error = result.expect_err("the budget ran out");
+
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_millis(2_900), "{elapsed:?}");
+    assert!(matches!(error, LlmError::Timeout(_)), "{error:?}");
+    let attempts = server.chat_requests().len();
+    assert!((2..=3).contains(&attempts), "{attempts} attempts");
+    let gave_up: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("model call gave up"))
+        .collect();
+    assert_eq!(gave_up.len(), 1, "{logs}");
+    let line = gave_up[0];
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("model=\"slow-local-model\""), "{line}");
+    assert!(line.contains(&format!("attempts={attempts}")), "{line}");
+    assert!(line.contains("elapsed_ms="), "{line}");
+    assert!(line.contains("code=\"timeout\""), "{line}");
+    assert!(
+        line.contains("total time budget") || line.contains("total budget"),
+        "the reason: {line}"
+    );
 }
 
 #[tokio::test]
@@ -697,4 +834,233 @@ async fn a_client_needs_an_endpoint() {
     })
     .expect_err("not http");
     assert!(matches!(error, LlmError::Config(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_server_error_that_refuses_the_request_is_not_retried() {
+    let server = ScriptedLlm::start().await;
+    // llama.cpp's answer to a conversation its template cannot render: a
+    // 500, but about the request, which the same bytes would get again.
+    server.push(Reply::status(500).error_message(
+        "Failed to parse tool call arguments as JSON: [json.exception.parse_error.101] parse \
+         error at line 1, column 2",
+    ));
+    server.push(Reply::text("never sent"));
+    let llm = client(&server);
+
+    let (result, _) = chat(&llm, ChatRequest::new("m", question("Hi"))).await;
+    let error = result.expect_err("refused");
+
+    assert!(
+        matches!(&error, LlmError::Rejected { status: 500, message } if message.starts_with("Failed to parse")),
+        "{error:?}"
+    );
+    assert_eq!(error.code(), "rejected");
+    assert_eq!(server.chat_requests().len(), 1, "the same request again");
+    assert_eq!(server.pending(), 1);
+
+    // A plain 500 is still a server error, and retried.
+    server.push(Reply::status(500));
+    let (result, _) = chat(&llm, ChatRequest::new("m", question("Again"))).await;
+    assert_eq!(result.expect("retried").text, "never sent");
+}
+
+#[tokio::test]
+async fn a_tool_call_with_broken_arguments_goes_back_as_an_object() {
+    let server = ScriptedLlm::start().await;
+    server.set_strict_template(true);
+    server.push(Reply::text("Let me ask."));
+    let llm = client(&server);
+    let mut messages = question("Can I get a refund?");
+    messages.push(ChatMessage::Assistant {
+        name: None,
+        text: None,
+        tool_calls: vec![ToolCall {
+            id: "call_1".to_owned(),
+            name: "ask_human".to_owned(),
+            arguments: "{\"question\": \"Refund?\"".to_owned(),
+        }],
+    });
+    messages.push(ChatMessage::Tool {
+        tool_call_id: "call_1".to_owned(),
+        content: "{\"error\": \"not JSON\"}".to_owned(),
+    });
+
+    let (result, _) = chat(&llm, ChatRequest::new("m", messages)).await;
+
+    assert_eq!(result.expect("accepted").text, "Let me ask.");
+    let sent = &server.chat_requests()[0];
+    assert_eq!(
+        sent.messages()[2]["tool_calls"][0]["function"]["arguments"],
+        "{}"
+    );
+}
+
+#[tokio::test]
+async fn an_error_event_mid_stream_is_the_providers_error_and_is_retried() {
+    let server = ScriptedLlm::start().await;
+    server.push(
+        Reply::text("This answer breaks off")
+            .chunked(4)
+            .error_mid_stream(2, 500, "slot 0: the KV cache is full"),
+    );
+    server.push(Reply::text("The whole answer."));
+    let llm = client(&server);
+
+    let ((result, deltas), logs) = logged(chat(&llm, streamed("m", question("Hi")))).await;
+    let completion = result.expect("retried");
+
+    assert_eq!(completion.text, "The whole answer.");
+    assert_eq!(completion.attempts, 2);
+    let shown = texts(&deltas);
+    assert_eq!(
+        shown.iter().filter(|text| *text == "<restart>").count(),
+        1,
+        "{shown:?}"
+    );
+    assert!(
+        logs.contains("slot 0: the KV cache is full"),
+        "the provider's message is in the logs: {logs}"
+    );
+
+    // One that says the request is at fault is not retried, and keeps its
+    // message.
+    server.push(Reply::text("Too long").error_mid_stream(1, 400, "the context is too long"));
+    server.push(Reply::text("never sent"));
+    let (result, _) = chat(&llm, streamed("m", question("Hi"))).await;
+    let error = result.expect_err("not retried");
+    assert!(
+        matches!(&error, LlmError::Status { status: 400, message } if message == "the context is too long"),
+        "{error:?}"
+    );
+    assert_eq!(server.pending(), 1);
+}
+
+#[tokio::test]
+async fn a_501_from_embeddings_is_not_retried() {
+    let server = ScriptedLlm::start().await;
+    server
+        .push_embeddings(Reply::status(501).error_message(
+            "This server does not support embeddings. Start it with `--embeddings`",
+        ));
+    let llm = client(&server);
+
+    let error = llm
+        .embed(vec!["refund please".to_owned()])
+        .await
+        .expect_err("unsupported");
+
+    assert_eq!(error.code(), "unsupported");
+    assert!(
+        error.to_string().contains("does not support embeddings"),
+        "{error}"
+    );
+    assert_eq!(server.requests().len(), 1, "no retry of a 501");
+    assert!(matches!(
+        llm.model_state(ModelRole::Embedding),
+        ModelState::Unavailable(reason) if reason.contains("501")
+    ));
+    // The model comes back: the next call says so.
+    llm.embed(vec!["refund please".to_owned()])
+        .await
+        .expect("embedded");
+    assert_eq!(llm.model_state(ModelRole::Embedding), ModelState::Ok);
+}
+
+#[tokio::test]
+async fn the_start_up_check_reads_the_list_and_embeds_once() {
+    let server = ScriptedLlm::start().await;
+    server.list_models(["qwen2.5-1.5b-instruct"]);
+    server
+        .push_embeddings(Reply::status(501).error_message(
+            "This server does not support embeddings. Start it with `--embeddings`",
+        ));
+    // A local endpoint where only the reply model is named: the classifier
+    // and embedding models are the reply model.
+    let llm = Llm::new(&LlmConfig {
+        reply_model: "qwen2.5-1.5b-instruct".to_owned(),
+        embedding_model: None,
+        ..config(&server)
+    })
+    .expect("client");
+    assert!(
+        llm.model_statuses()
+            .iter()
+            .all(|s| s.state == ModelState::Unchecked)
+    );
+
+    let statuses = llm.check_models().await;
+
+    let by_role = |role: ModelRole| {
+        statuses
+            .iter()
+            .find(|s| s.role == role)
+            .cloned()
+            .expect("every role")
+    };
+    assert_eq!(by_role(ModelRole::Reply).model, "qwen2.5-1.5b-instruct");
+    assert_eq!(by_role(ModelRole::Reply).state, ModelState::Ok);
+    assert_eq!(
+        by_role(ModelRole::Classifier).model,
+        "qwen2.5-1.5b-instruct"
+    );
+    assert_eq!(by_role(ModelRole::Classifier).state, ModelState::Ok);
+    let embedding = by_role(ModelRole::Embedding);
+    assert_eq!(embedding.model, "qwen2.5-1.5b-instruct");
+    assert!(
+        matches!(&embedding.state, ModelState::Unavailable(reason)
+            if reason.contains("501") && reason.contains("does not support embeddings")),
+        "{embedding:?}"
+    );
+    let paths: Vec<(String, String)> = server
+        .requests()
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    assert!(
+        paths.contains(&("GET".to_owned(), "/v1/models".to_owned())),
+        "{paths:?}"
+    );
+    assert!(
+        server.chat_requests().is_empty(),
+        "listed models need no chat: {paths:?}"
+    );
+    assert_eq!(paths.len(), 2, "the list and one embedding: {paths:?}");
+}
+
+#[tokio::test]
+async fn a_model_the_endpoint_does_not_list_gets_a_one_token_chat() {
+    let server = ScriptedLlm::start().await;
+    // No list of models (a 404), a classifier the server does not have.
+    server.push_for("reply-m", Reply::text("OK"));
+    server.push_for(
+        "missing-classifier",
+        Reply::status(404).error_message("model 'missing-classifier' not found"),
+    );
+    let llm = Llm::new(&LlmConfig {
+        reply_model: "reply-m".to_owned(),
+        classifier_model: Some("missing-classifier".to_owned()),
+        ..config(&server)
+    })
+    .expect("client");
+
+    let started = Instant::now();
+    llm.check_models().await;
+
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(llm.model_state(ModelRole::Reply), ModelState::Ok);
+    assert_eq!(llm.model_state(ModelRole::Embedding), ModelState::Ok);
+    let ModelState::Unavailable(reason) = llm.model_state(ModelRole::Classifier) else {
+        panic!("the classifier is not there");
+    };
+    assert!(
+        reason.contains("404") && reason.contains("not found"),
+        "{reason}"
+    );
+    let chats = server.chat_requests();
+    assert_eq!(chats.len(), 2, "one probe per chat model, no retries");
+    for chat in &chats {
+        assert_eq!(chat.body["max_completion_tokens"], 1, "{}", chat.body);
+        assert!(!chat.stream());
+    }
 }

@@ -7,17 +7,28 @@ use tandem_model::Responder;
 
 /// What the classifier model must answer. Anything else (extra fields, a
 /// missing field, not JSON) is malformed, and the message goes to humans.
+/// The schema's descriptions are the model's (see [`crate::tools`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(description = "Who should write the next reply to the customer, and why.")]
 pub struct Classification {
     /// `ai` when the assistant can answer, `human` when a person should.
+    #[schemars(
+        description = "\"ai\" when the AI assistant can answer; \"human\" when a person from \
+                       the support team must."
+    )]
     pub responder: Responder,
-    /// A short reason, for the support team.
+    /// A short reason, for the support team: the decision's record.
+    #[schemars(description = "Why, in one short sentence for the support team.")]
     pub reason: String,
     /// Whether the topic is sensitive (legal, medical, account security,
     /// complaints): replies then wait for a human's approval when the policy
     /// says so.
     #[serde(default)]
+    #[schemars(
+        description = "true when the topic is legal, medical, account security or a \
+                       complaint; false otherwise."
+    )]
     pub sensitive: bool,
 }
 

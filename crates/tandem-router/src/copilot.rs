@@ -2,9 +2,10 @@
 //! as written or edited, under its own name.
 //!
 //! A suggestion is built from the thread's history like an AI reply (the
-//! same prompt builder, system prompt and `history_budget_tokens`), plus
+//! same prompt builder, system prompt and `history_budget_tokens`), with
 //! Tandem's instruction that the AI is drafting for a named person, and the
-//! agent's own guidance when given. It is one plain model call: no tools
+//! agent's own guidance when given, added to the system prompt (the only
+//! system turn, as strict chat templates demand). It is one plain model call: no tools
 //! (nothing may act on the thread on a draft's behalf) and no streaming
 //! (customers must never see a character of it). The answer is stored as an
 //! internal message of the thread, so it stays with staff on every path
@@ -89,34 +90,30 @@ impl Copilot {
         thread?.ok_or(CopilotError::ThreadNotFound)?;
         let (policy, history, handed_back_at) = (policy?, history?, handed_back_at?);
 
-        let mut closing = vec![ChatMessage::System(drafting_instruction(
-            &request.requested_by,
-        ))];
+        // The drafting instructions join the system prompt: strict chat
+        // templates refuse a system turn anywhere but first, and the
+        // system turn is where instructions for this one call belong.
+        let mut system_prompt = format!(
+            "{}\n\n{}",
+            self.agent.system_prompt,
+            drafting_instruction(&request.requested_by)
+        );
         if let Some(guidance) = &request.instructions {
-            closing.push(ChatMessage::System(format!(
-                "Guidance for this draft from {} (a colleague, not the customer):\n{guidance}",
+            system_prompt.push_str(&format!(
+                "\n\nGuidance for this draft from {} (a colleague, not the customer):\n{guidance}",
                 display_name(&request.requested_by),
-            )));
+            ));
         }
-        // The closing turns are always sent: the history gets what is left.
-        let closing_tokens: usize = closing
-            .iter()
-            .map(|turn| match turn {
-                ChatMessage::System(text) => prompt::estimate_tokens(text),
-                _ => 0,
-            })
-            .sum();
-        let mut messages = prompt::build_after_hand_back(
+        // The system prompt is always sent: the history gets what is left.
+        let messages = prompt::build_after_hand_back(
             &history,
             &PromptOptions {
-                system_prompt: self.agent.system_prompt.clone(),
+                system_prompt,
                 ai_name: self.agent.name.clone(),
-                budget_tokens: (policy.history_budget_tokens as usize)
-                    .saturating_sub(closing_tokens),
+                budget_tokens: policy.history_budget_tokens as usize,
             },
             handed_back_at,
         );
-        messages.extend(closing);
         let answers = history
             .iter()
             .rev()

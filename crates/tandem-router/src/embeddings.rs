@@ -1,8 +1,63 @@
 //! The embeddings strategy: the customer's message is compared with
 //! labelled examples (`POST /v1/routing/examples`), and the nearest vote.
+//!
+//! An example is embedded when it is added; one added while the embedding
+//! model did not answer (or under another model) is pending, and
+//! [`embed_pending`] embeds it later: when the strategy next runs, and when
+//! the start-up check finds the embedding model answering.
 
+use tandem_llm::{Llm, LlmError, Usage};
 use tandem_model::policy::EmbeddingsPolicy;
 use tandem_model::{Responder, RoutingExample};
+use tandem_store::{Store, StoreError};
+
+/// Most examples embedded in one request.
+const EMBED_BATCH: usize = 64;
+
+/// Whether `example` has a vector made by `model`; if not, it is pending.
+pub fn is_embedded(example: &RoutingExample, model: &str) -> bool {
+    example.vector.is_some() && example.vector_model.as_deref() == Some(model)
+}
+
+/// Why pending examples could not be embedded.
+#[derive(Debug, thiserror::Error)]
+pub enum PendingError {
+    #[error(transparent)]
+    Model(#[from] LlmError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Embeds the `examples` that are pending with the configured embedding
+/// model, stores their vectors and updates them in place; the tokens it
+/// took. Vectors stored before a failure stay stored.
+pub async fn embed_pending(
+    store: &Store,
+    llm: &Llm,
+    examples: &mut [RoutingExample],
+) -> Result<Usage, PendingError> {
+    let model = llm.config().embedding_model().to_owned();
+    let pending: Vec<usize> = examples
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !is_embedded(e, &model))
+        .map(|(i, _)| i)
+        .collect();
+    let mut usage = Usage::default();
+    for batch in pending.chunks(EMBED_BATCH) {
+        let inputs = batch.iter().map(|i| examples[*i].text.clone()).collect();
+        let embedded = llm.embed(inputs).await?;
+        usage += embedded.usage;
+        for (i, vector) in batch.iter().zip(embedded.vectors) {
+            store
+                .set_example_vector(examples[*i].id, vector.clone(), &model)
+                .await?;
+            examples[*i].vector = Some(vector);
+            examples[*i].vector_model = Some(model.clone());
+        }
+    }
+    Ok(usage)
+}
 
 /// The outcome of a vote: the winner when it won clearly enough, and why.
 #[derive(Debug, Clone, PartialEq)]

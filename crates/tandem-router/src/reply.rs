@@ -716,15 +716,38 @@ impl Reply<'_> {
 }
 
 /// Records a refused tool call and its error as turns of this run, so the
-/// model sees what it got wrong.
+/// model sees what it got wrong and calls again.
+///
+/// The call goes back with its arguments only when they are a JSON object,
+/// else with `{}`, and what the model wrote is quoted in the error instead:
+/// llama.cpp answers 500 ("Failed to parse tool call arguments as JSON") to
+/// a history whose arguments do not parse, and chat templates that read
+/// them as a mapping fail on any other JSON, so echoing them would sink
+/// every later request of the run. OpenAI accepts both forms, and every
+/// server passes a tool's result through as text, where the model reads
+/// its own words and the reason they were refused.
 fn refuse(local: &mut Vec<ChatMessage>, call: &ToolCall, error: &str) {
+    const MAX_QUOTED: usize = 1_000;
+    let arguments = tandem_llm::schema::sendable_arguments(&call.arguments);
+    let error = if arguments == call.arguments {
+        error.to_owned()
+    } else {
+        let quoted: String = call.arguments.chars().take(MAX_QUOTED).collect();
+        format!(
+            "{error} The arguments you sent were not a JSON object: {quoted:?}. Call the tool \
+             again with one JSON object that follows its schema."
+        )
+    };
     local.push(ChatMessage::Assistant {
         name: None,
         text: None,
-        tool_calls: vec![call.clone()],
+        tool_calls: vec![ToolCall {
+            arguments,
+            ..call.clone()
+        }],
     });
     local.push(ChatMessage::Tool {
         tool_call_id: call.id.clone(),
-        content: json!({"error": error}).to_string(),
+        content: json!({ "error": error }).to_string(),
     });
 }

@@ -2,6 +2,10 @@
 //! these types, and a call whose arguments do not fit goes back to the
 //! model as a tool error: nothing runs from anything but a well-formed,
 //! structured tool call.
+//!
+//! The schemas' descriptions are written for the model
+//! (`#[schemars(description = …)]`, which schemars takes over the doc
+//! comments); the doc comments are for developers and never reach it.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -11,19 +15,33 @@ use tandem_model::names::{ASK_HUMAN_TOOL, ESCALATE_TOOL};
 /// `ask_human`: the AI needs a fact or a decision only a person can give.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(description = "One question for the human support team.")]
 pub struct AskHuman {
-    /// The question for the support team, with the context they need.
+    /// The question the `question` item shows the support team.
+    #[schemars(
+        description = "The question, written so that a colleague understands it without \
+                       reading the conversation: what the customer wants, and what you need to \
+                       know or have decided."
+    )]
     pub question: String,
 }
 
 /// `escalate`: the thread should be answered by humans from now on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(description = "Why the conversation should go to a person, and the reply you suggest.")]
 pub struct Escalate {
-    /// Why a human should take over.
+    /// The escalation item's reason, and the thread's assignment reason.
+    #[schemars(
+        description = "Why a person should take over, in one sentence for the support team."
+    )]
     pub reason: String,
-    /// The reply the AI would have sent, for the human to start from.
+    /// The item's suggestion, for the human to start from.
     #[serde(default)]
+    #[schemars(
+        description = "The reply you would send the customer, for the person to start from; \
+                       null when you have none."
+    )]
     pub suggested_reply: Option<String>,
 }
 

@@ -147,6 +147,13 @@ pub async fn serve(
     // Other processes' runs that become due wake this one's dispatcher.
     let waker = engine.clone();
     hub.on_workflow_signal(move || waker.wake());
+    // Whether each model answers, checked beside the server (not before
+    // it); the hub's shutdown stops and joins it.
+    if let Some(llm) = state.llm.clone()
+        && state.config.ai.check_models_on_start
+    {
+        tokio::spawn(hub.track(crate::models::check(llm, store.clone(), hub.clone())));
+    }
     let (config, metrics) = (state.config.clone(), state.metrics.clone());
     let app = build_app(state);
     let served = net::serve(listener, app, &config, metrics, shutdown).await;

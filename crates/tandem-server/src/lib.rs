@@ -17,6 +17,8 @@
 //!   timeouts, the client's address behind trusted proxies.
 //! - [`hub`]: the WebSocket push hub: subscriptions, fan-out in `seq` order,
 //!   backpressure, and the signals that keep several processes in step.
+//! - [`models`]: the start-up check that each configured model answers,
+//!   said loudly when one does not, and shown in `/readyz`.
 //! - [`replies`]: the `reply` run a customer message starts, created with
 //!   the message.
 //! - [`state`]: the small bundle of handles each request gets.
@@ -32,6 +34,7 @@ pub mod config;
 pub mod desk;
 pub mod http;
 pub mod hub;
+pub mod models;
 pub mod net;
 pub mod replies;
 pub mod state;

@@ -59,9 +59,11 @@ fn message(message: &ChatMessage) -> ChatCompletionRequestMessage {
                     .map(|call| {
                         ChatCompletionMessageToolCalls::Function(ChatCompletionMessageToolCall {
                             id: call.id.clone(),
+                            // Arguments that are not a JSON object would
+                            // make some servers refuse the whole request.
                             function: FunctionCall {
                                 name: call.name.clone(),
-                                arguments: call.arguments.clone(),
+                                arguments: schema::sendable_arguments(&call.arguments),
                             },
                         })
                     })

@@ -27,8 +27,6 @@ use crate::tools;
 const HISTORY_WINDOW: u32 = 200;
 /// The classifier sees less of the conversation than the reply model.
 const CLASSIFIER_BUDGET_TOKENS: usize = 3_000;
-/// Most examples embedded in one request.
-const EMBED_BATCH: usize = 64;
 
 /// What a run knows of its thread when it starts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,13 +64,20 @@ pub(crate) enum ModelTurn {
     Failed { code: String, message: String },
 }
 
-/// The reply with a confidence, when the policy asks for one.
+/// The reply with a confidence, when the policy asks for one. The
+/// schema's descriptions are the model's (see [`crate::tools`]).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(description = "Your reply to the customer, and how sure you are of it.")]
 pub(crate) struct ConfidentReply {
-    /// The reply to the customer.
+    /// The reply's text, published or escalated as the suggestion.
+    #[schemars(description = "The reply to the customer, as they will read it.")]
     pub reply: String,
-    /// How sure you are that the reply is correct and complete, from 0 to 1.
+    /// Compared with the policy's threshold.
+    #[schemars(
+        description = "How sure you are that the reply is correct and complete, from 0 (a \
+                       guess) to 1 (certain)."
+    )]
     pub confidence: f64,
 }
 
@@ -219,7 +224,7 @@ impl Replier {
             },
             handed_back_at,
         );
-        let model = llm.config().classifier_model.clone();
+        let model = llm.config().classifier_model().to_owned();
         let started = std::time::Instant::now();
         let verdict = match llm
             .structured::<Classification>(&model, "routing_decision", messages)
@@ -275,7 +280,7 @@ impl Replier {
             return Err(ActionError::permanent("the AI is off"));
         };
         let store = &self.inner.store;
-        let model = llm.config().embedding_model.clone();
+        let model = llm.config().embedding_model().to_owned();
         let abstain = |reason: String, latency_ms: u64, usage: Option<Usage>| Decision {
             strategy: "embeddings".into(),
             responder: None,
@@ -300,39 +305,20 @@ impl Replier {
         if examples.is_empty() {
             return Ok(abstain("there are no labelled examples".into(), 0, None));
         }
-        let mut usage = Usage::default();
         // Examples get their vectors when they are added; one added while
-        // the AI was off, or under another model, gets it here, once.
-        let stale: Vec<usize> = examples
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| {
-                e.vector.is_none() || e.vector_model.as_deref() != Some(model.as_str())
-            })
-            .map(|(i, _)| i)
-            .collect();
-        for batch in stale.chunks(EMBED_BATCH) {
-            let inputs = batch.iter().map(|i| examples[*i].text.clone()).collect();
-            let embedded = match llm.embed(inputs).await {
-                Ok(e) => e,
-                Err(error) => {
-                    return Ok(abstain(
-                        format!("embedding the examples failed ({})", error.code()),
-                        started.elapsed().as_millis() as u64,
-                        Some(usage),
-                    ));
-                }
-            };
-            usage += embedded.usage;
-            for (i, vector) in batch.iter().zip(embedded.vectors) {
-                store
-                    .set_example_vector(examples[*i].id, vector.clone(), &model)
-                    .await
-                    .map_err(store_failed)?;
-                examples[*i].vector = Some(vector);
-                examples[*i].vector_model = Some(model.clone());
+        // the embedding model did not answer, or under another model, gets
+        // it here, once.
+        let mut usage = match embeddings::embed_pending(store, llm, &mut examples).await {
+            Ok(usage) => usage,
+            Err(embeddings::PendingError::Store(error)) => return Err(store_failed(error)),
+            Err(embeddings::PendingError::Model(error)) => {
+                return Ok(abstain(
+                    format!("embedding the examples failed ({})", error.code()),
+                    started.elapsed().as_millis() as u64,
+                    None,
+                ));
             }
-        }
+        };
         let query = match llm.embed(vec![text]).await {
             Ok(e) => e,
             Err(error) => {
