@@ -743,6 +743,48 @@ async fn a_call_with_broken_arguments_is_corrected_on_a_server_that_parses_them(
     server.stop().await;
 }
 
+#[tokio::test]
+async fn the_ai_never_speaks_under_a_human_agents_label() {
+    let llm = ScriptedLlm::start().await;
+    llm.push(Reply::text("Hello! How can I help?"));
+    // What a small model did after a human's turn: it began its own the
+    // same way.
+    llm.push(Reply::text("sam (human agent): You're welcome, have a nice day!").chunked(3));
+    let server = TestServer::with_ai(&llm, |_| {}).await;
+    let mut chat = Chat::open(&server, "c1").await;
+    let agent = server.agent("sam").await;
+
+    chat.say(&server, "Hi").await;
+    chat.frames_until(|f| f["type"] == "message" && by_ai(&f["message"]))
+        .await;
+    let posted = server
+        .post(
+            &format!("/v1/threads/{}/messages", chat.thread),
+            &agent,
+            json!({"content": "Sam here: your refund is on its way."}),
+        )
+        .await;
+    assert_eq!(posted.status, StatusCode::CREATED, "{}", posted.text);
+    chat.say(&server, "Thanks!").await;
+    let frames = chat
+        .frames_until(|f| {
+            f["type"] == "message"
+                && by_ai(&f["message"])
+                && f["message"]["content"] != "Hello! How can I help?"
+        })
+        .await;
+
+    let reply = frames.last().expect("the reply")["message"].clone();
+    assert_eq!(reply["content"], "You're welcome, have a nice day!");
+    assert_eq!(reply["agent_name"], "Tandem AI");
+    assert_eq!(
+        streamed(&frames, &reply["id"]),
+        "You're welcome, have a nice day!",
+        "what streamed with the label was replaced: {frames:#?}"
+    );
+    server.stop().await;
+}
+
 /// Every `description` in `schema`, by the JSON pointer of the schema that
 /// carries it.
 fn descriptions(schema: &Value) -> std::collections::BTreeMap<String, String> {

@@ -284,7 +284,7 @@ fn blocks(history: &[Message]) -> Vec<Block> {
                 // the API's `name` field (and its charset mangles names).
                 let turn = ChatMessage::Assistant {
                     name: None,
-                    text: Some(format!("{display} (human agent): {text}")),
+                    text: Some(format!("{display}{HUMAN_LABEL}{text}")),
                     tool_calls: Vec::new(),
                 };
                 blocks.push(Block::new(
@@ -404,6 +404,41 @@ fn display_name(name: &str) -> String {
         .trim()
         .to_owned()
 }
+
+/// `text` without what a model copied from the prompt's form at its start:
+/// Tandem's notes (`[Note from Tandem: …]`, `[Note from the support
+/// team: …]`) and a human agent's label (`Sam (human agent): `). A small
+/// model that saw a human agent's turn last tends to begin its own the same
+/// way, and the AI must never speak under a person's name. Only the start
+/// is looked at: the same words later on are the model's to write.
+pub fn strip_copied_labels(text: &str) -> &str {
+    let mut rest = text;
+    loop {
+        let trimmed = rest.trim_start();
+        let note = ["[Note from Tandem:", "[Note from the support team:"]
+            .iter()
+            .any(|start| trimmed.starts_with(start));
+        if note && let Some(end) = trimmed.find(']') {
+            rest = &trimmed[end + 1..];
+            continue;
+        }
+        let label = trimmed.split_once(HUMAN_LABEL).filter(|(name, _)| {
+            !name.is_empty() && name.chars().count() <= 64 && !name.contains('\n')
+        });
+        if let Some((_, after)) = label {
+            rest = after;
+            continue;
+        }
+        return if rest.len() == text.len() {
+            text
+        } else {
+            trimmed
+        };
+    }
+}
+
+/// What follows a human agent's name at the start of their turn.
+const HUMAN_LABEL: &str = " (human agent): ";
 
 /// Which side of a human agent's turn a note goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1040,6 +1075,33 @@ mod tests {
             "{dana}"
         );
         assert_eq!(turns[3], user("No, thanks."));
+    }
+
+    #[test]
+    fn labels_a_model_copied_from_the_prompt_are_stripped_from_the_start() {
+        assert_eq!(
+            strip_copied_labels("Sam (human agent): Of course, you can pay by card."),
+            "Of course, you can pay by card."
+        );
+        assert_eq!(
+            strip_copied_labels(
+                "[Note from Tandem: the human agent's part ends here.]\nDana Smith (human agent): Hi!"
+            ),
+            "Hi!"
+        );
+        let long = format!("{} (human agent): text", "x".repeat(65));
+        for kept in [
+            "Of course.",
+            "",
+            "Hello!\nSam (human agent): on a later line.",
+            long.as_str(),
+        ] {
+            assert_eq!(strip_copied_labels(kept), kept);
+        }
+        assert_eq!(
+            strip_copied_labels("The note [Note from Tandem: x] stays."),
+            "The note [Note from Tandem: x] stays."
+        );
     }
 
     #[test]

@@ -139,7 +139,8 @@ impl Copilot {
             .chat(ChatRequest::new(model, messages), &mut |_: Delta| {})
             .await
             .map_err(CopilotError::Model)?;
-        let text = completion.text.trim();
+        // Sent under the agent's own name: no label copied from the prompt.
+        let text = prompt::strip_copied_labels(&completion.text).trim();
         if text.is_empty() {
             return Err(CopilotError::EmptyAnswer);
         }

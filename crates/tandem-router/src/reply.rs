@@ -567,6 +567,17 @@ impl Reply<'_> {
                     .await
             }
             Finish::Publish(answer) => {
+                // A label the model copied from the prompt was stripped
+                // (see `finish::decide`): replace what streamed with it.
+                if self.streamed == Some(reply_id) && answer.text != completion.text {
+                    let events = &self.replier.inner.events;
+                    events.delta(self.args.thread_id, reply_id, &Delta::Restart);
+                    events.delta(
+                        self.args.thread_id,
+                        reply_id,
+                        &Delta::Text(answer.text.clone()),
+                    );
+                }
                 let message = self.reply_message(&completion, &answer, reply_id);
                 self.publish(message).await
             }

@@ -5,6 +5,7 @@
 //! "Confidence" and "Approval gate").
 
 use tandem_llm::Completion;
+use tandem_llm::prompt::strip_copied_labels;
 use tandem_model::policy::Policy;
 use tandem_model::{Responder, ThreadId};
 
@@ -63,6 +64,12 @@ pub(super) fn decide(
             let finish = Finish::Escalate { reason, suggestion };
             return Decided { decisions, finish };
         }
+    };
+    // A small model may begin as the human agent's last turn did
+    // (`Sam (human agent): …`): the AI never speaks under a person's name.
+    let text = match strip_copied_labels(&text) {
+        unlabelled if unlabelled.len() == text.len() => text,
+        unlabelled => unlabelled.to_owned(),
     };
     if text.trim().is_empty() {
         decisions.push(Decision::rule(
@@ -312,6 +319,25 @@ mod tests {
             let held = matches!(other.finish, Finish::Draft { why: ALWAYS, .. });
             assert_eq!(held, mode == ApprovalMode::Always, "{mode:?}");
         }
+    }
+
+    #[test]
+    fn a_label_copied_from_the_prompt_never_reaches_the_customer() {
+        let decided = decide_for(
+            "Sam (human agent): Of course, you can pay by card.",
+            &approval(ApprovalMode::Never),
+            false,
+        );
+        let Finish::Publish(answer) = decided.finish else {
+            panic!("published: {decided:?}");
+        };
+        assert_eq!(answer.text, "Of course, you can pay by card.");
+        // Nothing but the label: nothing to say.
+        let decided = decide_for("Sam (human agent): ", &approval(ApprovalMode::Never), false);
+        assert!(
+            matches!(decided.finish, Finish::Escalate { .. }),
+            "{decided:?}"
+        );
     }
 
     #[test]
