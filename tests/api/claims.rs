@@ -275,7 +275,7 @@ async fn of_two_agents_racing_for_an_item_exactly_one_wins_every_time() {
 
 #[tokio::test]
 async fn an_idle_claim_goes_back_to_the_queue_and_other_agents_see_it() {
-    let server = TestServer::start_with(|config| {
+    let server = TestServer::on_manual_clock(|config| {
         config.reply.enabled = true;
         config.desk.claim_idle_secs = 1;
         config.desk.claim_sweep_interval_ms = 50;
@@ -289,7 +289,11 @@ async fn an_idle_claim_goes_back_to_the_queue_and_other_agents_see_it() {
     assert_eq!(claimed.status, StatusCode::OK, "{}", claimed.text);
     assert_eq!(item_frame(&mut bob, &item).await["claimed_by"], "alice");
 
-    // Nobody touches it: the sweep gives it back.
+    // Nobody touches it for longer than `claim_idle_secs`: the sweep gives
+    // it back.
+    server
+        .clock()
+        .advance(std::time::Duration::from_millis(1_100));
     let back = item_frame(&mut bob, &item).await;
     assert_eq!(back["status"], "open", "{back:#}");
     assert_eq!(back["claimed_by"], Value::Null);

@@ -1,28 +1,56 @@
 //! The desk: items with their context, agents' presence, teams and
 //! capacity, fair assignment, and deadlines with their fallbacks — through
 //! HTTP and WebSocket, on a server whose reply path hands every customer
-//! message to humans (the AI is off unless a test scripts one).
+//! message to humans (the AI is off unless a test scripts one). The
+//! server runs on a clock the tests move: deadlines pass and the desk
+//! sweeps when a test says so, never after real time.
 
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use tandem_model::names::DEADLINE_WORKFLOW;
 use tandem_scripted_llm::{Reply, ScriptedLlm};
 use tandem_server::config::Config;
 use tandem_tests::reply::{Chat, WAIT, inbox, set_policy, wait_for_item, wait_for_message};
-use tandem_tests::{Response, TestServer};
+use tandem_tests::{Response, TestServer, ai_config};
 
 const POLL: Duration = Duration::from_millis(20);
 
 /// A server with the reply path on, the AI off, and a desk that sweeps
-/// often.
+/// often, on a clock the test moves.
 async fn desk_server(configure: impl FnOnce(&mut Config)) -> TestServer {
-    TestServer::start_with(|config| {
+    TestServer::on_manual_clock(|config| {
         config.reply.enabled = true;
         config.desk.claim_sweep_interval_ms = 50;
         configure(config);
     })
     .await
+}
+
+/// Lets `by` pass on the server's clock, then waits for a desk pass that
+/// began after: the sweep that fell due, and an assignment pass.
+async fn pass_time(server: &TestServer, by: Duration) {
+    server.clock().advance(by);
+    server.desk_pass().await;
+}
+
+/// Waits until every deadline run has ended: no deadline is left to pass,
+/// however long one waits.
+async fn deadlines_done(server: &TestServer) {
+    let sql = format!("SELECT status FROM workflow_runs WHERE name = '{DEADLINE_WORKFLOW}'");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let statuses = server.db.query_strings(&sql).await;
+        if !statuses.is_empty() && statuses.iter().all(|s| s == "completed") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deadline runs still waiting: {statuses:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 async fn put(server: &TestServer, path: &str, token: &str, body: Value) -> Response {
@@ -200,7 +228,7 @@ async fn least_loaded_assignment_respects_capacity_teams_and_presence() {
 
     // Everyone online is full: the fourth waits, oldest first in the queue.
     let (_, four) = handoff(&server, "c4", "four").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pass_time(&server, Duration::from_millis(300)).await;
     assert_eq!(item(&server, &four["id"]).await["status"], "open");
 
     // cat comes online and takes it.
@@ -225,7 +253,7 @@ async fn least_loaded_assignment_respects_capacity_teams_and_presence() {
     .await;
     billing.say(&server, "charged twice").await;
     let billed = pending_item(&server, &billing.thread).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pass_time(&server, Duration::from_millis(300)).await;
     assert_eq!(item(&server, &billed["id"]).await["status"], "open");
     let answered = server
         .post(
@@ -235,6 +263,8 @@ async fn least_loaded_assignment_respects_capacity_teams_and_presence() {
         )
         .await;
     assert_eq!(answered.status, StatusCode::OK, "{}", answered.text);
+    // The slot it freed is filled at the next sweep.
+    server.clock().advance(Duration::from_millis(50));
     assert_eq!(assignee(&server, &billed["id"]).await, "ann");
 
     // The desk's view of its agents.
@@ -267,6 +297,9 @@ async fn round_robin_gives_each_agent_its_turn() {
         presence(&server, &token, "online").await;
     }
     for n in 0..6 {
+        // Each a moment after the last: round robin goes by who has been
+        // longest without a new item.
+        server.clock().advance(Duration::from_millis(1));
         let (_, item) = handoff(&server, &format!("c{n}"), "hello").await;
         order.push(assignee(&server, &item["id"]).await);
     }
@@ -283,6 +316,8 @@ async fn an_agent_that_stops_refreshing_its_presence_goes_offline_and_its_items_
     let (_, item) = handoff(&server, "c1", "hello").await;
     assert_eq!(assignee(&server, &item["id"]).await, "ann");
 
+    // ann's presence outlives its TTL unrefreshed.
+    pass_time(&server, Duration::from_millis(1_100)).await;
     let reopened = item_until(&server, &item["id"], |i| i["status"] == "open").await;
     assert!(reopened["claimed_by"].is_null(), "{reopened:#}");
     let agent = server.get("/v1/agents/ann", &server.admin).await;
@@ -386,6 +421,7 @@ async fn a_passed_deadline_posts_the_holding_message_once_and_is_recorded_and_pu
     watcher.subscribe("inbox", None).await;
     let (chat, opened) = handoff(&server, "c1", "Where is my refund?").await;
 
+    server.clock().advance(Duration::from_secs(1));
     let held = wait_for_message(&server, &chat.thread, &chat.token, |m| {
         m["content"] == "A person will be with you in a moment."
     })
@@ -400,7 +436,8 @@ async fn a_passed_deadline_posts_the_holding_message_once_and_is_recorded_and_pu
         }
     }
     // Once: nothing more, however long it waits.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    server.clock().advance(Duration::from_secs(3_600));
+    deadlines_done(&server).await;
     let holding = chat
         .history(&server)
         .await
@@ -434,6 +471,7 @@ async fn a_passed_deadline_reassigns_the_item_to_another_agent() {
     assert_eq!(assignee(&server, &opened["id"]).await, "ann");
     presence(&server, &bob, "online").await;
 
+    server.clock().advance(Duration::from_secs(1));
     let moved = item_until(&server, &opened["id"], |i| i["expiries"] == 1).await;
     assert_eq!(moved["claimed_by"], "bob");
     assert!(
@@ -441,6 +479,7 @@ async fn a_passed_deadline_reassigns_the_item_to_another_agent() {
         "{moved:#}"
     );
     // The second passing is the last: back to ann, and no deadline after.
+    server.clock().advance(Duration::from_secs(1));
     let last = item_until(&server, &opened["id"], |i| i["expiries"] == 2).await;
     assert_eq!(last["claimed_by"], "ann");
     assert!(last["due_at"].is_null(), "{last:#}");
@@ -459,7 +498,9 @@ async fn a_passed_deadline_reassigns_the_item_to_another_agent() {
 async fn a_passed_deadline_lets_the_ai_answer_with_a_note_the_customer_never_sees() {
     let llm = ScriptedLlm::start().await;
     llm.push(Reply::text("Your refund was sent yesterday."));
-    let server = TestServer::with_ai(&llm, |config| {
+    let base_url = llm.base_url();
+    let server = TestServer::on_manual_clock(|config| {
+        ai_config(config, &base_url);
         config.desk.claim_sweep_interval_ms = 50;
     })
     .await;
@@ -483,6 +524,7 @@ async fn a_passed_deadline_lets_the_ai_answer_with_a_note_the_customer_never_see
     let opened = wait_for_item(&server, &chat.thread).await;
     assert_eq!(opened["kind"], "handoff");
 
+    server.clock().advance(Duration::from_secs(1));
     let reply = wait_for_message(&server, &chat.thread, &chat.token, |m| {
         m["content"] == "Your refund was sent yesterday."
     })
@@ -528,7 +570,7 @@ async fn a_deadline_that_passes_while_the_server_is_down_fires_once_after_restar
     .await;
     let (chat, opened) = handoff(&server, "c1", "hello?").await;
     server.shutdown_server().await;
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    server.clock().advance(Duration::from_millis(2_500));
     let fired = server
         .db
         .query_strings("SELECT fallback FROM inbox_expiries")
@@ -543,7 +585,9 @@ async fn a_deadline_that_passes_while_the_server_is_down_fires_once_after_restar
         m["content"] == "Still here: a person will answer soon."
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // Once: nothing more, however long it waits.
+    server.clock().advance(Duration::from_secs(3_600));
+    deadlines_done(&server).await;
     let holding = server
         .messages(&chat.thread, &server.admin)
         .await

@@ -585,7 +585,7 @@ async fn another_processs_run_changes_reach_this_one() {
     let frame = ws.next_of("workflow").await;
     assert_eq!(frame["run"]["status"], "paused", "{frame}");
 
-    let now = tandem_store::micros(tandem_workflows::Clock::now(server.clock().as_ref()));
+    let now = tandem_store::micros(tandem_store::Clock::now(server.clock().as_ref()));
     let created = other
         .create_run(
             tandem_model::NewRun {

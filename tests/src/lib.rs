@@ -1,9 +1,12 @@
 //! The integration harness: the real server on a loopback port, with a fresh
 //! database per test.
 //!
-//! A server runs no workflows unless started with a registry
-//! ([`TestServer::with_workflows`]); then it runs them on a [`ManualClock`]
-//! the test moves, which survives restarts.
+//! A server runs no workflows of its own unless started with a registry
+//! ([`TestServer::with_workflows`]); then its store, engine and desk run on
+//! a [`ManualClock`] the test moves, which survives restarts. A server
+//! without workflows may run on one too ([`TestServer::on_manual_clock`]):
+//! the desk's sweeps and the inbox's deadlines then happen when the test
+//! moves the clock, not after real time.
 //!
 //! The backend comes from `TANDEM_TEST_DATABASE_URL`: unset, each test gets
 //! its own SQLite file; set to a `postgres://` URL, each test gets its own
@@ -22,8 +25,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tandem_model::{RunId, TokenSubject};
 use tandem_server::{AppState, Config};
-use tandem_store::Store;
-use tandem_workflows::{Clock, Engine, ManualClock, Registry, SystemClock};
+use tandem_store::{Clock, ManualClock, Store, SystemClock};
+use tandem_workflows::{Engine, Registry};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -88,9 +91,12 @@ pub struct TestServer {
     pub hub: tandem_server::hub::Hub,
     /// The running server's workflow engine (its signer signs test hooks).
     pub engine: Engine,
+    /// The running server's desk (see [`TestServer::desk_pass`]).
+    pub desk: tandem_server::desk::Desk,
     config: Config,
     registry: RegistryFn,
-    /// The workflow clock, when the test moves it.
+    /// The server's clock (its store's, engine's and desk's), when the
+    /// test moves it.
     clock: Option<Arc<ManualClock>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
@@ -114,6 +120,13 @@ impl TestServer {
     /// A server whose configuration `configure` adjusts.
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
         Self::launch(configure, Arc::new(Registry::new), None).await
+    }
+
+    /// [`TestServer::start_with`] on a [`ManualClock`] (see
+    /// [`TestServer::clock`]): rows are stamped, deadlines fall due and the
+    /// desk sweeps as the test moves it.
+    pub async fn on_manual_clock(configure: impl FnOnce(&mut Config)) -> Self {
+        Self::launch(configure, Arc::new(Registry::new), Some(manual_clock())).await
     }
 
     /// A server whose reply path answers every customer message with the
@@ -149,8 +162,7 @@ impl TestServer {
         configure: impl FnOnce(&mut Config),
         registry: impl Fn() -> Registry + Send + Sync + 'static,
     ) -> Self {
-        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
-        Self::launch(configure, Arc::new(registry), Some(clock)).await
+        Self::launch(configure, Arc::new(registry), Some(manual_clock())).await
     }
 
     async fn launch(
@@ -180,7 +192,7 @@ impl TestServer {
         config.workflows.engine.poll_interval_ms = 100;
         config.workflows.engine.shutdown_grace_secs = 2;
         configure(&mut config);
-        let store = Store::connect(&config.database).await.expect("connect");
+        let store = connect(&config, clock.as_ref()).await;
         store.migrate().await.expect("migrate");
         let admin = store
             .create_token(TokenSubject::Admin, None)
@@ -195,7 +207,7 @@ impl TestServer {
             .workflows
             .public_url
             .get_or_insert_with(|| url.clone());
-        let running = serve(listener, &store, &config, &registry, clock.as_ref()).await;
+        let running = serve(listener, &store, &config, &registry).await;
         TestServer {
             url,
             admin,
@@ -204,6 +216,7 @@ impl TestServer {
             client: reqwest::Client::new(),
             hub: running.hub,
             engine: running.engine,
+            desk: running.desk,
             config,
             registry,
             clock,
@@ -218,21 +231,13 @@ impl TestServer {
     /// registry closure builds now.
     pub async fn restart(&mut self) {
         self.shutdown_server().await;
-        self.store = Store::connect(&self.config.database)
-            .await
-            .expect("reconnect");
+        self.store = connect(&self.config, self.clock.as_ref()).await;
         let address = self.url.trim_start_matches("http://").to_owned();
         let listener = tandem_server::net::bind(address.parse().expect("address")).expect("rebind");
-        let running = serve(
-            listener,
-            &self.store,
-            &self.config,
-            &self.registry,
-            self.clock.as_ref(),
-        )
-        .await;
+        let running = serve(listener, &self.store, &self.config, &self.registry).await;
         self.hub = running.hub;
         self.engine = running.engine;
+        self.desk = running.desk;
         self.shutdown = Some(running.shutdown);
         self.task = Some(running.task);
     }
@@ -243,12 +248,23 @@ impl TestServer {
         self.registry = Arc::new(registry);
     }
 
-    /// The workflow clock. Panics for a server started without workflows
-    /// (it runs on the system clock).
+    /// The server's clock: its store stamps rows with it, and its engine
+    /// and desk read it. Panics for a server on the system clock (start it
+    /// with [`TestServer::with_workflows`] or [`TestServer::on_manual_clock`]).
     pub fn clock(&self) -> &Arc<ManualClock> {
-        self.clock
-            .as_ref()
-            .expect("the server runs on the system clock: start it with TestServer::with_workflows")
+        self.clock.as_ref().expect(
+            "the server runs on the system clock: start it with TestServer::with_workflows \
+             or TestServer::on_manual_clock",
+        )
+    }
+
+    /// Waits (within [`RUN_TIMEOUT`]) for a desk pass that began after the
+    /// call to end: it assigned what it could, and swept if a sweep was due
+    /// on the clock.
+    pub async fn desk_pass(&self) {
+        tokio::time::timeout(RUN_TIMEOUT, self.desk.pass())
+            .await
+            .expect("a desk pass within the timeout");
     }
 
     /// `ws://127.0.0.1:PORT/v1/ws`
@@ -517,33 +533,52 @@ impl TestServer {
 struct Running {
     hub: tandem_server::hub::Hub,
     engine: Engine,
+    desk: tandem_server::desk::Desk,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
 }
 
-/// Starts the server on `listener` with the workflows `registry` builds.
+/// A manual clock at the real now, so that rows stamped with it read as
+/// recent.
+fn manual_clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(chrono::Utc::now()))
+}
+
+/// The store of a (re)started server, on `clock` or else the system clock.
+async fn connect(config: &Config, clock: Option<&Arc<ManualClock>>) -> Store {
+    let clock: Arc<dyn Clock> = match clock {
+        Some(clock) => clock.clone(),
+        None => Arc::new(SystemClock),
+    };
+    Store::connect_with_clock(&config.database, clock)
+        .await
+        .expect("connect")
+}
+
+/// Starts the server on `listener` with the workflows `registry` builds,
+/// on the store's clock.
 async fn serve(
     listener: TcpListener,
     store: &Store,
     config: &Config,
     registry: &RegistryFn,
-    clock: Option<&Arc<ManualClock>>,
 ) -> Running {
     let (tx, rx) = oneshot::channel::<()>();
-    let clock: Arc<dyn Clock> = match clock {
-        Some(clock) => clock.clone(),
-        None => Arc::new(SystemClock),
-    };
-    let state = AppState::build(store.clone(), config.clone(), registry(), clock)
+    let state = AppState::build(store.clone(), config.clone(), registry())
         .await
         .expect("build the server state");
-    let (hub, engine) = (state.hub.clone(), state.workflows.clone());
+    let (hub, engine, desk) = (
+        state.hub.clone(),
+        state.workflows.clone(),
+        state.desk.clone(),
+    );
     let task = tokio::spawn(tandem_server::serve(listener, state, async {
         let _ = rx.await;
     }));
     Running {
         hub,
         engine,
+        desk,
         shutdown: tx,
         task,
     }

@@ -78,7 +78,7 @@ use tandem_scripted_llm::{Reply, ScriptedLlm};
 use tandem_server::AppState;
 use tandem_server::config::Quota;
 use tandem_store::Store;
-use tandem_workflows::{Registry, SystemClock};
+use tandem_workflows::Registry;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -206,7 +206,7 @@ async fn level(args: &Args, customers: usize) -> Result<Report> {
             *slot
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(store.clone());
-            AppState::build(store, config, Registry::new(), Arc::new(SystemClock))
+            AppState::build(store, config, Registry::new())
                 .await
                 .context("building the server")
         },

@@ -12,7 +12,7 @@ use tandem_model::TokenSubject;
 use tandem_server::config::Quota;
 use tandem_server::{AppState, Config};
 use tandem_store::{Store, Synchronous};
-use tandem_workflows::{Registry, SystemClock};
+use tandem_workflows::Registry;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -158,7 +158,7 @@ impl InProcessServer {
         let kept = slot.clone();
         let server = Self::start(args, purpose, configure, move |store, config| async move {
             *kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(store.clone());
-            AppState::build(store, config, Registry::new(), Arc::new(SystemClock))
+            AppState::build(store, config, Registry::new())
                 .await
                 .context("building the server")
         })

@@ -33,7 +33,6 @@
 //! ```
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -48,7 +47,7 @@ use tandem_bench::bearer;
 use tandem_bench::procfs::{CpuSample, CpuUse};
 use tandem_bench::server::{InProcessServer, StoreArgs};
 use tandem_server::AppState;
-use tandem_workflows::{Registry, SystemClock, Wakeup, WorkflowDef};
+use tandem_workflows::{Registry, Wakeup, WorkflowDef};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -133,7 +132,7 @@ async fn run(args: Args) -> Result<bool> {
             config.workflows.engine.default_concurrency = concurrency;
         },
         |store, config| async move {
-            AppState::build(store, config, registry(), Arc::new(SystemClock))
+            AppState::build(store, config, registry())
                 .await
                 .context("building the server")
         },

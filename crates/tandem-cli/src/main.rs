@@ -6,7 +6,6 @@ mod accounts;
 mod tail;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -14,7 +13,7 @@ use tandem_model::TokenSubject;
 use tandem_server::config::{Config, LogFormat};
 use tandem_server::{AppState, serve};
 use tandem_store::Store;
-use tandem_workflows::{Registry, SystemClock};
+use tandem_workflows::Registry;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -185,7 +184,7 @@ async fn run_server(mut config: Config) -> anyhow::Result<()> {
         database = %tandem_store::backend::redact_url(&config.database.url),
         "serving"
     );
-    let state = AppState::build(store, config, registry, Arc::new(SystemClock))
+    let state = AppState::build(store, config, registry)
         .await
         .context("starting the workflow engine")?;
     serve(listener, state, shutdown_signal()).await?;

@@ -12,21 +12,44 @@
 //! follows the store's change stream for that ([`Desk::kick`]). Each step
 //! is one guarded store transaction, safe with several processes sweeping;
 //! what it changes reaches `inbox` subscribers on the change stream.
+//!
+//! Time is the store's clock ([`Store::clock`]), the one its rows are
+//! stamped with: idleness, presence and the sweep's interval are measured
+//! on it, so a test that moves the clock sees the sweep at once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tandem_model::InboxStatus;
 use tandem_store::{Change, ChangeSink, Store};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::config::DeskConfig;
 use crate::hub::Hub;
 
 /// Asks the desk for an assignment pass; cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Desk {
     kick: Arc<Notify>,
+    /// Passes begun and ended, for [`Desk::pass`].
+    passes: Arc<watch::Sender<Passes>>,
+}
+
+/// How many passes have begun and ended; passes run one after another.
+#[derive(Debug, Clone, Copy, Default)]
+struct Passes {
+    begun: u64,
+    ended: u64,
+}
+
+impl Default for Desk {
+    fn default() -> Self {
+        Self {
+            kick: Arc::default(),
+            passes: Arc::new(watch::Sender::new(Passes::default())),
+        }
+    }
 }
 
 impl Desk {
@@ -36,39 +59,63 @@ impl Desk {
         self.kick.notify_one();
     }
 
+    /// Asks for a pass and resolves once a pass that began after the call
+    /// has ended: it saw every change committed before the call, and swept
+    /// if a sweep was due by then. What a test waits for before checking
+    /// what a pass did, or left alone. Never resolves once the desk has
+    /// stopped.
+    pub async fn pass(&self) {
+        let mut passes = self.passes.subscribe();
+        let wanted = passes.borrow_and_update().begun + 1;
+        self.kick();
+        let _ = passes.wait_for(|p| p.ended >= wanted).await;
+    }
+
     /// Runs passes until the hub stops; run it on the hub's tracker (see
     /// [`Hub::track`]) so that shutdown waits for the pass in flight.
     pub async fn run(self, store: Store, hub: Hub, config: DeskConfig) {
+        let clock = store.clock().clone();
         let interval = Duration::from_millis(config.claim_sweep_interval_ms.max(1));
-        let mut next_sweep = tokio::time::Instant::now() + interval;
+        let mut next_sweep = later(clock.now(), interval);
         loop {
-            tokio::select! {
+            let woken = tokio::select! {
                 _ = hub.stopping() => break,
-                _ = tokio::time::sleep_until(next_sweep) => {
-                    next_sweep = tokio::time::Instant::now() + interval;
-                    sweep(&store, &config).await;
-                }
-                _ = self.kick.notified() => {}
-            }
+                _ = clock.sleep_until(next_sweep) => true,
+                _ = self.kick.notified() => false,
+            };
             // A pass runs to its end: stopping halfway would change items
-            // without telling anyone.
-            assign(&store, &config).await;
+            // without telling anyone. A kicked pass sweeps too when a sweep
+            // is due.
+            self.passes.send_modify(|p| p.begun += 1);
+            let now = clock.now();
+            if woken || now >= next_sweep {
+                next_sweep = later(now, interval);
+                sweep(&store, &config, now).await;
+            }
+            assign(&store, &config, now).await;
+            self.passes.send_modify(|p| p.ended += 1);
         }
     }
 }
 
-fn ago(duration: Duration) -> chrono::DateTime<chrono::Utc> {
-    let now = chrono::Utc::now();
+fn later(now: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(duration)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+fn ago(now: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(duration)
         .ok()
         .and_then(|d| now.checked_sub_signed(d))
-        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-/// Idle claims and stale presence.
-async fn sweep(store: &Store, config: &DeskConfig) {
+/// Idle claims and stale presence, as of `now` on the store's clock.
+async fn sweep(store: &Store, config: &DeskConfig, now: DateTime<Utc>) {
     match store
-        .release_idle_claims(ago(Duration::from_secs(config.claim_idle_secs)))
+        .release_idle_claims(ago(now, Duration::from_secs(config.claim_idle_secs)))
         .await
     {
         Ok(released) => {
@@ -78,7 +125,7 @@ async fn sweep(store: &Store, config: &DeskConfig) {
         }
         Err(error) => tracing::warn!(%error, "desk: sweeping idle claims failed"),
     }
-    match store.expire_presence(ago(config.presence_ttl())).await {
+    match store.expire_presence(ago(now, config.presence_ttl())).await {
         Ok(gone) => {
             for change in &gone {
                 tracing::info!(
@@ -92,8 +139,9 @@ async fn sweep(store: &Store, config: &DeskConfig) {
     }
 }
 
-/// Gives waiting items to online agents with room.
-async fn assign(store: &Store, config: &DeskConfig) {
+/// Gives waiting items to online agents with room (online: presence
+/// refreshed within the TTL before `now`).
+async fn assign(store: &Store, config: &DeskConfig, now: DateTime<Utc>) {
     let mode = match store.policy().await {
         Ok(policy) => policy.desk.assignment,
         Err(error) => {
@@ -101,7 +149,10 @@ async fn assign(store: &Store, config: &DeskConfig) {
             return;
         }
     };
-    match store.assign_waiting(mode, ago(config.presence_ttl())).await {
+    match store
+        .assign_waiting(mode, ago(now, config.presence_ttl()))
+        .await
+    {
         Ok(assigned) => {
             for item in &assigned {
                 tracing::debug!(item = %item.id, agent = ?item.claimed_by, "desk: assigned");

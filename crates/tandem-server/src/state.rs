@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tandem_llm::Llm;
 use tandem_router::{DeadlineWatch, Replier};
 use tandem_store::{Store, StoreError};
-use tandem_workflows::{Clock, Engine, Registry, SystemClock};
+use tandem_workflows::{Engine, Registry};
 
 use crate::config::Config;
 use crate::http::metrics::Metrics;
@@ -32,18 +32,18 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The state of a server that runs the workflows of `registry` on
-    /// `clock` (the binary: the declarative workflows and the system clock;
-    /// tests: their own workflows and a clock they move). Reads or makes
-    /// the signing secret, hence async.
+    /// The state of a server that runs the workflows of `registry` (the
+    /// binary: the declarative workflows; tests: their own). The engine
+    /// and the desk follow the store's clock ([`Store::clock`]: the system
+    /// clock, or in tests a clock they move). Reads or makes the signing
+    /// secret, hence async.
     pub async fn build(
         store: Store,
         config: Config,
         registry: Registry,
-        clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
         let signer = workflows::signer(&store, &config).await?;
-        Ok(Self::assemble(store, config, registry, clock, signer))
+        Ok(Self::assemble(store, config, registry, signer))
     }
 
     /// The state of a server without workflows of its own (tools and
@@ -59,20 +59,13 @@ impl AppState {
             )
         });
         let signer = workflows::signer_with(&secret, &config);
-        Self::assemble(
-            store,
-            config,
-            Registry::new(),
-            Arc::new(SystemClock),
-            signer,
-        )
+        Self::assemble(store, config, Registry::new(), signer)
     }
 
     fn assemble(
         store: Store,
         config: Config,
         mut registry: Registry,
-        clock: Arc<dyn Clock>,
         signer: tandem_workflows::Signer,
     ) -> Self {
         let rate_limits = Arc::new(RateLimits::new(&config.rate_limits));
@@ -99,13 +92,7 @@ impl AppState {
             )
             .workflow(),
         );
-        let workflows = Engine::new(
-            store.clone(),
-            registry,
-            &config.workflows.engine,
-            clock,
-            signer,
-        );
+        let workflows = Engine::new(store.clone(), registry, &config.workflows.engine, signer);
         // What every commit means beyond the push hub (which follows the
         // stream once started) and the engine (likewise).
         let desk = crate::desk::Desk::default();

@@ -13,6 +13,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -23,7 +24,9 @@ use sqlx::{Connection, PgConnection, SqliteConnection};
 
 use crate::StoreError;
 use crate::changes::{Announcer, Change, ChangeSink, ChangeStream, Pending};
+use crate::clock::{Clock, SystemClock};
 use crate::queries::signals::CommitSignals;
+use crate::queries::stamp;
 use sqlite_writer::SqliteWriter;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -123,6 +126,8 @@ struct Inner {
     node: String,
     /// Where committed changes go (see [`crate::changes`]).
     changes: ChangeStream,
+    /// What the store stamps rows with (see [`crate::clock`]).
+    clock: Arc<dyn Clock>,
 }
 
 enum Backend {
@@ -138,11 +143,13 @@ enum Backend {
     },
 }
 
-/// A connection inside a write transaction, on either backend, and the
-/// changes the transaction has made so far (see [`crate::changes`]).
+/// A connection inside a write transaction, on either backend, the
+/// changes the job has made so far (see [`crate::changes`]), and the one
+/// instant it stamps rows with.
 pub(crate) struct Tx<'c> {
     pub(crate) conn: Conn<'c>,
     changes: &'c mut Pending,
+    now: DateTime<Utc>,
 }
 
 /// The connection of a [`Tx`].
@@ -152,8 +159,22 @@ pub(crate) enum Conn<'c> {
 }
 
 impl<'c> Tx<'c> {
-    pub(crate) fn new(conn: Conn<'c>, changes: &'c mut Pending) -> Self {
-        Self { conn, changes }
+    /// A job's transaction, stamping with `clock`'s now: read as the job
+    /// starts, so each run of a job that is run again (a PostgreSQL retry,
+    /// a SQLite batch rerun with savepoints) has the instant it ran at.
+    pub(crate) fn new(conn: Conn<'c>, changes: &'c mut Pending, clock: &dyn Clock) -> Self {
+        Self {
+            conn,
+            changes,
+            now: stamp(clock.now()),
+        }
+    }
+
+    /// Now, as this job stamps every row it writes: one instant per run of
+    /// the job, on the store's clock, at the microsecond precision both
+    /// backends store.
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.now
     }
 
     /// A shorter-lived handle on the same transaction, to lend to a callee.
@@ -165,6 +186,7 @@ impl<'c> Tx<'c> {
         Tx {
             conn,
             changes: self.changes,
+            now: self.now,
         }
     }
 
@@ -227,8 +249,20 @@ pub(crate) enum Pool<'a> {
 }
 
 impl Store {
-    /// Connects to the database the options name. Does not migrate.
+    /// Connects to the database the options name, on the system clock.
+    /// Does not migrate.
     pub async fn connect(options: &DatabaseOptions) -> Result<Self, StoreError> {
+        Self::connect_with_clock(options, Arc::new(SystemClock)).await
+    }
+
+    /// Connects to the database the options name, stamping every row with
+    /// `clock`, which the workflow engine and the desk built on this store
+    /// read too (tests pass a [`ManualClock`](crate::ManualClock) they
+    /// move). Does not migrate.
+    pub async fn connect_with_clock(
+        options: &DatabaseOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
         let url = options.url.trim();
         let node = format!("tandem/{}", uuid::Uuid::now_v7().simple());
         let (changes, announcer) = ChangeStream::start();
@@ -288,6 +322,7 @@ impl Store {
                     .build(),
                 node,
                 changes,
+                clock,
             }),
         })
     }
@@ -347,6 +382,19 @@ impl Store {
         &self.inner.node
     }
 
+    /// The clock this store stamps rows with; the engine and the desk
+    /// built on it read the same one.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// Now on the store's clock, at the microsecond precision both backends
+    /// store: for reads that compare with what the store wrote (a window of
+    /// metrics, items changed lately, idle claims, stale presence).
+    pub fn now(&self) -> DateTime<Utc> {
+        stamp(self.inner.clock.now())
+    }
+
     pub(crate) fn token_cache(&self) -> &moka::sync::Cache<String, tandem_model::Token> {
         &self.inner.token_cache
     }
@@ -379,13 +427,18 @@ impl Store {
     /// commit, whatever becomes of the caller.
     pub(crate) async fn write<T: Send + 'static>(&self, job: Job<T>) -> Result<T, StoreError> {
         match &self.inner.backend {
-            Backend::Sqlite { writer, .. } => writer.submit(job).await,
+            Backend::Sqlite { writer, .. } => writer.submit(job, self.inner.clock.clone()).await,
             Backend::Postgres {
                 pool, announcer, ..
             } => {
                 // A task of its own, so that a caller that goes away after
                 // the commit cannot keep its changes from being announced.
-                let task = tokio::spawn(write_postgres(pool.clone(), announcer.clone(), job));
+                let task = tokio::spawn(write_postgres(
+                    pool.clone(),
+                    announcer.clone(),
+                    self.inner.clock.clone(),
+                    job,
+                ));
                 match task.await {
                     Ok(result) => result,
                     Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -401,6 +454,7 @@ impl Store {
 async fn write_postgres<T>(
     pool: PgPool,
     announcer: Announcer,
+    clock: Arc<dyn Clock>,
     job: Job<T>,
 ) -> Result<T, StoreError> {
     const ATTEMPTS: u32 = 5;
@@ -409,7 +463,7 @@ async fn write_postgres<T>(
     loop {
         changes.clear();
         let mut tx = pool.begin().await?;
-        match job(Tx::new(Conn::Postgres(&mut tx), &mut changes)).await {
+        match job(Tx::new(Conn::Postgres(&mut tx), &mut changes, &*clock)).await {
             Ok(value) => match tx.commit().await {
                 Ok(()) => {
                     announcer.committed(changes.take());

@@ -13,6 +13,8 @@
 //!
 //! - [`backend`]: connecting, migrating, and the write path that every change
 //!   takes: a transaction on PostgreSQL, a group commit on SQLite.
+//! - [`clock`]: the one clock: the store stamps rows with it, and the
+//!   workflow engine and the desk read it; tests move a [`ManualClock`].
 //! - [`changes`]: the change stream: each write emits a typed [`Change`] for
 //!   every row it changes that someone may need to hear of, and after the
 //!   commit the write path hands them to every [`ChangeSink`] (the hub, the
@@ -30,6 +32,7 @@
 
 pub mod backend;
 pub mod changes;
+pub mod clock;
 pub mod error;
 pub mod queries;
 #[cfg(feature = "test-support")]
@@ -37,6 +40,7 @@ pub mod testing;
 
 pub use backend::{DatabaseOptions, Store, Synchronous};
 pub use changes::{Change, ChangeSink, RunChange, ThreadChange};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::StoreError;
 pub use queries::idempotency::{IdempotencyKey, Written};
 pub use queries::signals::{Commits, SIGNAL_CHANNEL, SignalListener};

@@ -15,14 +15,13 @@ use tandem_model::{
 };
 use tandem_store::backend::BackendKind;
 use tandem_store::{
-    Change, ChangeSink, ClaimRequest, IdempotencyKey, NewEvent, RunChange, Store, StoreError,
-    Written, micros,
+    Change, ChangeSink, ClaimRequest, Clock, IdempotencyKey, NewEvent, RunChange, Store,
+    StoreError, Written, micros,
 };
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::clock::Clock;
 use crate::context::Control;
 use crate::error::EngineError;
 use crate::executor;
@@ -82,6 +81,7 @@ pub struct Engine {
 pub(crate) struct Core {
     pub(crate) store: Store,
     pub(crate) registry: Registry,
+    /// The store's clock: timers, deadlines and backoff follow it.
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) signer: Signer,
     pub(crate) config: RuntimeConfig,
@@ -113,7 +113,9 @@ impl Core {
             .then(|| (self.store.node().to_owned(), self.lease_until()))
     }
 
-    /// The end of a lease taken or renewed now (µs, wall clock).
+    /// The end of a lease taken or renewed now (µs, wall clock). Leases
+    /// stay on the wall clock, not the store's: another process judges
+    /// them by its own clock, so they must hold in real time.
     pub(crate) fn lease_until(&self) -> i64 {
         micros(Utc::now()) + self.config.lease_ttl.as_micros() as i64
     }
@@ -231,13 +233,9 @@ impl Core {
 }
 
 impl Engine {
-    pub fn new(
-        store: Store,
-        registry: Registry,
-        config: &EngineConfig,
-        clock: Arc<dyn Clock>,
-        signer: Signer,
-    ) -> Self {
+    /// An engine running the workflows of `registry` on `store`, whose
+    /// clock its timers follow.
+    pub fn new(store: Store, registry: Registry, config: &EngineConfig, signer: Signer) -> Self {
         let pools = registry
             .names()
             .map(|name| {
@@ -252,9 +250,9 @@ impl Engine {
             .collect();
         Self {
             core: Arc::new(Core {
+                clock: store.clock().clone(),
                 store,
                 registry,
-                clock,
                 signer,
                 config: RuntimeConfig {
                     lease_ttl: Duration::from_secs(config.lease_secs.max(1)),
@@ -279,6 +277,7 @@ impl Engine {
         &self.core.signer
     }
 
+    /// The clock the engine reads and waits on: the store's.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.core.clock
     }
@@ -530,6 +529,7 @@ async fn claim_due(
         versions,
         limit: free as u32,
         now: core.now(),
+        // Leases are judged on the wall clock (see `Core::lease_until`).
         wall_now: micros(Utc::now()),
         lease_until: core.lease_until(),
     };

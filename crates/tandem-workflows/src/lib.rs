@@ -16,14 +16,16 @@
 //!   each workflow's pool.
 //! - [`executor`]: one execution of one run, and how it ended.
 //! - [`retry`]: retry policies (exponential backoff with jitter).
-//! - [`clock`]: the time seam; tests move a [`ManualClock`].
 //! - [`signing`]: HMAC signatures of hooks, resume URLs and outbound calls.
 //! - [`error`]: step, action and engine errors.
 //! - [`declarative`]: workflows defined in JSON or TOML files: their format,
 //!   validation, content-hash versions, the interpreter that runs them, and
 //!   loading a directory of them at startup.
+//!
+//! Time is the store's clock ([`tandem_store::Clock`]): the engine reads
+//! `now` from it and waits on it, so tests move a `ManualClock` instead of
+//! sleeping.
 
-pub mod clock;
 pub mod context;
 pub mod declarative;
 pub mod engine;
@@ -33,7 +35,6 @@ pub mod registry;
 pub mod retry;
 pub mod signing;
 
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::{Context, StepInfo, Wakeup};
 pub use declarative::{DefinitionError, LoadedDefinition, load_definitions};
 pub use engine::{Engine, EngineConfig, RunState};

@@ -11,6 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tandem_model::DeskMetrics;
+use tandem_store::Store;
 
 use crate::AppState;
 use crate::http::{ApiError, ApiQuery, Staff};
@@ -37,11 +38,12 @@ async fn desk_metrics(
     _: Staff,
     ApiQuery(query): ApiQuery<DeskMetricsQuery>,
 ) -> Result<Json<DeskMetrics>, ApiError> {
-    let since = query.since.unwrap_or_else(default_since);
+    let since = query.since.unwrap_or_else(|| default_since(&state.store));
     Ok(Json(state.store.desk_metrics(since).await?))
 }
 
-/// The start of the default window: [`DEFAULT_WINDOW`] ago.
-pub fn default_since() -> DateTime<Utc> {
-    Utc::now() - DEFAULT_WINDOW
+/// The start of the default window: [`DEFAULT_WINDOW`] ago on the store's
+/// clock, which stamps the items.
+pub fn default_since(store: &Store) -> DateTime<Utc> {
+    store.now() - DEFAULT_WINDOW
 }

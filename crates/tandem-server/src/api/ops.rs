@@ -179,7 +179,7 @@ async fn readyz(State(state): State<AppState>) -> ReadinessResponse {
 /// Prometheus text exposition. The desk's series are read from the store
 /// now, over the last 24 hours; if that read fails the rest is still served.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let since = super::desk_metrics::default_since();
+    let since = super::desk_metrics::default_since(&state.store);
     let desk = state
         .store
         .desk_metrics(since)

@@ -241,7 +241,8 @@ impl Hub {
             return;
         }
         let lookback = lookback.map_or(Duration::from_secs(3_600), |l| l + MARGIN);
-        let since = chrono::Utc::now()
+        // On the store's clock, which stamps `updated_at`.
+        let since = self.inner.store.now()
             - chrono::Duration::from_std(lookback).unwrap_or_else(|_| chrono::Duration::zero());
         let items = match self
             .inner

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Conn, Job, Tx};
 use crate::StoreError;
 use crate::changes::{Announcer, Change, Pending};
+use crate::clock::Clock;
 
 type Erased = Box<dyn Any + Send>;
 type Run = Box<
@@ -95,10 +96,16 @@ impl SqliteWriter {
         })
     }
 
-    pub(super) async fn submit<T: Send + 'static>(&self, job: Job<T>) -> Result<T, StoreError> {
+    /// Queues `job`, which stamps its rows with `clock`, and answers once
+    /// its batch is committed.
+    pub(super) async fn submit<T: Send + 'static>(
+        &self,
+        job: Job<T>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
         let run: Run = Box::new(move |conn, changes| {
-            let outcome = job(Tx::new(Conn::Sqlite(conn), changes));
+            let outcome = job(Tx::new(Conn::Sqlite(conn), changes, &*clock));
             Box::pin(async move { outcome.await.map(|v| Box::new(v) as Erased) })
         });
         let reply: Reply = Box::new(move |result| {

@@ -92,10 +92,10 @@ impl Store {
         default_capacity: u32,
     ) -> Result<DeskAgent, StoreError> {
         let name = name.to_owned();
-        let now = super::now();
         self.write(job(move |mut tx| {
             let (name, settings) = (name.clone(), settings.clone());
             Box::pin(async move {
+                let now = tx.now();
                 let tx = &mut tx;
                 ensure_agent(tx, &name, default_capacity, now).await?;
                 if let Some(capacity) = settings.capacity {
@@ -141,10 +141,10 @@ impl Store {
         default_capacity: u32,
     ) -> Result<PresenceChange, StoreError> {
         let name = name.to_owned();
-        let now = super::now();
         self.write(job(move |mut tx| {
             let name = name.clone();
             Box::pin(async move {
+                let now = tx.now();
                 let tx = &mut tx;
                 ensure_agent(tx, &name, default_capacity, now).await?;
                 on_conn!(tx, c => sqlx::query(
@@ -175,9 +175,9 @@ impl Store {
         &self,
         stale_before: DateTime<Utc>,
     ) -> Result<Vec<PresenceChange>, StoreError> {
-        let now = super::now();
         self.write(job(move |mut tx| {
             Box::pin(async move {
+                let now = tx.now();
                 let tx = &mut tx;
                 let names: Vec<String> = on_conn!(tx, c => sqlx::query_scalar(
                     "UPDATE desk_agents SET presence = 'offline', updated_at = $2
@@ -227,7 +227,7 @@ impl Store {
                     .bind(PASS_ITEMS)
                     .fetch_all(c)
                     .await)?;
-                let now = super::now();
+                let now = tx.now();
                 let mut assigned = Vec::new();
                 for (id, team) in waiting {
                     let Some(pick) = desk.pick(team.as_deref(), None, mode) else {
@@ -528,7 +528,7 @@ pub(crate) async fn expire_item_in(
             due_at: item.due_at,
         }));
     }
-    let now = super::now();
+    let now = tx.now();
     if reply_cancelled(tx, &item).await? {
         // Its reply was cancelled: nobody waits for it, and no fallback
         // may publish it.

@@ -18,7 +18,8 @@ use crate::{Store, StoreError};
 
 /// How much older than its row's `created_at` an item's id may be: ids are
 /// UUID v7, taken just before the item is written (a queued SQLite write
-/// may wait a little).
+/// may wait a little). Ids read the wall clock and rows the store's,
+/// which are one outside tests.
 const ID_SLACK: Duration = Duration::minutes(5);
 
 /// What the durations of one item of the window are read from.
@@ -69,7 +70,7 @@ impl Store {
              WHERE created_at >= $1 GROUP BY holder";
         const ALL_EXPIRIES: &str = "SELECT COUNT(*) FROM inbox_expiries";
 
-        let at = super::now();
+        let at = self.now();
         let lowest_id = InboxItemId(lowest_v7(
             since.checked_sub_signed(ID_SLACK).unwrap_or(since),
         ));

@@ -84,7 +84,7 @@ async fn claim<T: DeserializeOwned>(
     tx: &mut Tx<'_>,
     key: &IdempotencyKey,
 ) -> Result<Option<Written<T>>, StoreError> {
-    let now = super::now();
+    let now = tx.now();
     let inserted = on_conn!(tx, c => sqlx::query(
         "INSERT INTO idempotency_keys (scope, key, request_hash, created_at)
          VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",

@@ -65,9 +65,9 @@ impl Store {
              WHERE id = $1 AND status IN ('open', 'claimed') RETURNING ",
             inbox_columns!()
         );
-        let now = super::now();
         self.write(job(move |mut tx| {
             Box::pin(async move {
+                let now = tx.now();
                 let item = on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
                     .bind(id)
                     .bind(now)
@@ -92,10 +92,10 @@ impl Store {
              WHERE id = $1 RETURNING ",
             inbox_columns!()
         );
-        let now = super::now();
         self.write(job(move |mut tx| {
             let claimed_by = claimed_by.clone();
             Box::pin(async move {
+                let now = tx.now();
                 let item = on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
                     .bind(id)
                     .bind(status)
@@ -131,11 +131,11 @@ impl Store {
             inbox_columns!()
         );
         let by = actor.name.clone();
-        let now = super::now();
         let claimed = self
             .write(job(move |mut tx| {
                 let by = by.clone();
                 Box::pin(async move {
+                    let now = tx.now();
                     let item = on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
                         .bind(id)
                         .bind(&by)
@@ -189,11 +189,11 @@ impl Store {
             inbox_columns!()
         );
         let (by, overrides) = (actor.name.clone(), actor.overrides_claims);
-        let now = super::now();
         let released = self
             .write(job(move |mut tx| {
                 let by = by.clone();
                 Box::pin(async move {
+                    let now = tx.now();
                     let item = on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
                         .bind(id)
                         .bind(overrides)
@@ -240,9 +240,9 @@ impl Store {
              RETURNING ",
             inbox_columns!()
         );
-        let now = super::now();
         self.write(job(move |mut tx| {
             Box::pin(async move {
+                let now = tx.now();
                 let items = on_conn!(&mut tx, c => sqlx::query_as::<_, InboxItem>(SQL)
                     .bind(idle_before)
                     .bind(now)
@@ -593,7 +593,7 @@ pub(crate) async fn open_item_in(
          RETURNING ",
         inbox_columns!()
     );
-    let now = super::now();
+    let now = tx.now();
     let due_at = new.due_at.or_else(|| {
         let due_in = chrono::Duration::from_std(new.due_in?).ok()?;
         now.checked_add_signed(due_in)
@@ -890,12 +890,13 @@ async fn resolve(
          WHERE id = $1 RETURNING ",
         inbox_columns!()
     );
+    let resolved_at = tx.now();
     let resolved = on_conn!(tx, c => sqlx::query_as::<_, InboxItem>(SQL)
         .bind(item.id)
         .bind(resolution.kind)
         .bind(&resolution.review)
         .bind(&resolution.by)
-        .bind(super::now())
+        .bind(resolved_at)
         .fetch_one(c)
         .await)?;
     tx.emit(Change::item(&resolved));

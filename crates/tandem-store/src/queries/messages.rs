@@ -303,7 +303,7 @@ pub(crate) async fn insert_message(
     tx: &mut Tx<'_>,
     new: NewMessage,
 ) -> Result<Message, StoreError> {
-    let now = super::now();
+    let now = tx.now();
     let id = new.id.unwrap_or_default();
     // A customer's message reopens a closed thread (a trigger does it), and
     // the hub must hear of that change too. PostgreSQL reads the old status

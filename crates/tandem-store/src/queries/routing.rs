@@ -97,6 +97,7 @@ impl Store {
         self.write(job(move |mut tx| {
             let (name, value) = (name.clone(), value.clone());
             Box::pin(async move {
+                let now = tx.now();
                 on_conn!(&mut tx, c => sqlx::query(
                     "INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3)
                      ON CONFLICT (name) DO UPDATE SET
@@ -104,7 +105,7 @@ impl Store {
                 )
                 .bind(&name)
                 .bind(Json(&value))
-                .bind(super::now())
+                .bind(now)
                 .execute(c)
                 .await
                 .map(|r| r.rows_affected()))?;
@@ -129,17 +130,16 @@ impl Store {
                 ));
             }
         }
-        let example = RoutingExample {
-            id: RoutingExampleId::new(),
-            text: new.text,
-            label: new.label,
-            vector: new.vector,
-            vector_model: new.vector_model,
-            created_at: super::now(),
-        };
-        let stored = example.clone();
+        let id = RoutingExampleId::new();
         self.write(job(move |mut tx| {
-            let example = example.clone();
+            let example = RoutingExample {
+                id,
+                text: new.text.clone(),
+                label: new.label,
+                vector: new.vector.clone(),
+                vector_model: new.vector_model.clone(),
+                created_at: tx.now(),
+            };
             Box::pin(async move {
                 on_conn!(&mut tx, c => sqlx::query(
                     "INSERT INTO routing_examples (id, text, label, vector, vector_model, created_at)
@@ -154,11 +154,10 @@ impl Store {
                 .execute(c)
                 .await
                 .map(|r| r.rows_affected()))?;
-                Ok(())
+                Ok(example)
             })
         }))
-        .await?;
-        Ok(stored)
+        .await
     }
 
     /// Every labelled example, oldest first.

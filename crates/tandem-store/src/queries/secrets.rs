@@ -19,13 +19,14 @@ impl Store {
         self.write(job(move |mut tx| {
             let (name, fresh) = (name.clone(), fresh.clone());
             Box::pin(async move {
+                let now = tx.now();
                 on_conn!(&mut tx, c => sqlx::query(
                     "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3)
                      ON CONFLICT (name) DO NOTHING",
                 )
                 .bind(&name)
                 .bind(&fresh)
-                .bind(super::now())
+                .bind(now)
                 .execute(c)
                 .await
                 .map(|r| r.rows_affected()))?;
@@ -51,6 +52,7 @@ impl Store {
         self.write(job(move |mut tx| {
             let (name, version, source) = (name.clone(), version.clone(), source.clone());
             Box::pin(async move {
+                let now = tx.now();
                 on_conn!(&mut tx, c => sqlx::query(
                     "INSERT INTO workflow_definitions (name, version, source, created_at)
                      VALUES ($1, $2, $3, $4) ON CONFLICT (name, version) DO NOTHING",
@@ -58,7 +60,7 @@ impl Store {
                 .bind(&name)
                 .bind(&version)
                 .bind(&source)
-                .bind(super::now())
+                .bind(now)
                 .execute(c)
                 .await
                 .map(|r| r.rows_affected()))?;

@@ -40,7 +40,7 @@ impl Store {
             job(move |mut tx| {
                 let new = new.clone();
                 Box::pin(async move {
-                    let now = super::now();
+                    let now = tx.now();
                     let thread = Thread {
                         id: ThreadId::new(),
                         customer_id: new.customer_id,
@@ -164,6 +164,7 @@ impl Store {
         self.write(job(move |mut tx| {
             let patch = patch.clone();
             Box::pin(async move {
+                let now = tx.now();
                 let metadata: Option<Json<Value>> = patch.metadata.map(Json);
                 let updated = on_conn!(&mut tx, c => sqlx::query_as::<_, Thread>(SQL)
                     .bind(id)
@@ -171,7 +172,7 @@ impl Store {
                     .bind(patch.title.flatten())
                     .bind(patch.status)
                     .bind(metadata)
-                    .bind(super::now())
+                    .bind(now)
                     .fetch_optional(c)
                     .await)?;
                 let thread = updated.ok_or(StoreError::NotFound("thread"))?;

@@ -42,7 +42,8 @@ impl Store {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         let secret = format!("{TICKET_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
-        let now = super::now();
+        // A credential: minted, swept and redeemed on the wall clock.
+        let now = super::wall_now();
         let expires_at = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
         let hash = hash_secret(&secret);
         self.write(job(move |mut tx| {
@@ -76,7 +77,7 @@ impl Store {
             return Ok(None);
         }
         let hash = hash_secret(secret);
-        let now = super::now();
+        let now = super::wall_now();
         let token_id: Option<TokenId> = self
             .write(job(move |mut tx| {
                 let hash = hash.clone();

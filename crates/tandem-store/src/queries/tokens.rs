@@ -40,8 +40,9 @@ impl Store {
         label: Option<String>,
         ttl: Option<Duration>,
     ) -> Result<MintedToken, StoreError> {
+        // A credential's expiry holds in real time: the wall clock.
         let expires_at = ttl.map(|ttl| {
-            super::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX)
+            super::wall_now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX)
         });
         self.write(job(move |mut tx| {
             let subject = subject.clone();
@@ -71,11 +72,12 @@ impl Store {
     pub async fn bootstrap_admin(&self) -> Result<Option<MintedToken>, StoreError> {
         self.write(job(|mut tx| {
             Box::pin(async move {
+                let now = tx.now();
                 let first = on_conn!(&mut tx, c => sqlx::query(
                     "INSERT INTO instance_facts (name, created_at) VALUES ('admin_token_issued', $1)
                      ON CONFLICT DO NOTHING",
                 )
-                .bind(super::now())
+                .bind(now)
                 .execute(c)
                 .await
                 .map(|r| r.rows_affected()))?;
@@ -99,7 +101,8 @@ impl Store {
         const SQL: &str = "SELECT id, kind, agent_name, customer_id, label, created_at, expires_at
              FROM tokens WHERE secret_hash = $1 AND revoked_at IS NULL";
         let hash = hash_secret(secret);
-        let now = super::now();
+        // Expiry is real time, as it was minted (see `create_session`).
+        let now = super::wall_now();
         if let Some(token) = self.token_cache().get(&hash) {
             if token.expired_at(now) {
                 self.token_cache().invalidate(&hash);
@@ -140,7 +143,7 @@ async fn insert_token(
         agent_name,
         customer_id,
         label,
-        created_at: super::now(),
+        created_at: tx.now(),
         expires_at,
     };
     on_conn!(tx, c => sqlx::query(

@@ -13,6 +13,7 @@ impl Store {
         self.write(job(move |mut tx| {
             let usage = usage.clone();
             Box::pin(async move {
+                let now = tx.now();
                 let inserted = on_conn!(&mut tx, c => sqlx::query(
                     "INSERT INTO llm_usage
                          (run_id, step_seq, thread_id, purpose, model,
@@ -27,7 +28,7 @@ impl Store {
                 .bind(&usage.model)
                 .bind(i64::from(usage.prompt_tokens))
                 .bind(i64::from(usage.completion_tokens))
-                .bind(super::now())
+                .bind(now)
                 .execute(c)
                 .await
                 .map(|r| r.rows_affected()))?;

@@ -48,17 +48,18 @@ fn random_text(bytes: usize) -> String {
 impl Store {
     /// Makes a widget key with a fresh identity secret.
     pub async fn create_widget_key(&self, new: NewWidgetKey) -> Result<WidgetKey, StoreError> {
-        let key = WidgetKey {
-            key: format!("{WIDGET_KEY_PREFIX}{}", random_text(18)),
-            name: new.name,
-            allowed_origins: new.allowed_origins,
-            identity_secret: random_text(32),
-            identity_required: new.identity_required,
-            created_at: super::now(),
-        };
-        let row = key.clone();
+        // Drawn once, so that a job run again writes the same key.
+        let key = format!("{WIDGET_KEY_PREFIX}{}", random_text(18));
+        let identity_secret = random_text(32);
         self.write(job(move |mut tx| {
-            let row = row.clone();
+            let row = WidgetKey {
+                key: key.clone(),
+                name: new.name.clone(),
+                allowed_origins: new.allowed_origins.clone(),
+                identity_secret: identity_secret.clone(),
+                identity_required: new.identity_required,
+                created_at: tx.now(),
+            };
             Box::pin(async move {
                 on_conn!(&mut tx, c => sqlx::query(
                     "INSERT INTO widget_keys (key, name, allowed_origins, identity_secret,
@@ -74,11 +75,10 @@ impl Store {
                 .execute(c)
                 .await
                 .map(|r| r.rows_affected()))?;
-                Ok(())
+                Ok(row)
             })
         }))
-        .await?;
-        Ok(key)
+        .await
     }
 
     /// The live widget key `key`, if any.
@@ -126,10 +126,10 @@ impl Store {
         password_hash: String,
     ) -> Result<(), StoreError> {
         let name = name.to_owned();
-        let now = super::now();
         self.write(job(move |mut tx| {
             let (name, hash) = (name.clone(), password_hash.clone());
             Box::pin(async move {
+                let now = tx.now();
                 on_conn!(&mut tx, c => sqlx::query(
                     "INSERT INTO agent_accounts (name, password_hash, created_at, updated_at)
                      VALUES ($1, $2, $3, $3)
@@ -154,11 +154,11 @@ impl Store {
     /// sign-in sessions stop working. `false` when there is no such account.
     pub async fn disable_agent_account(&self, name: &str) -> Result<bool, StoreError> {
         let name = name.to_owned();
-        let now = super::now();
         let disabled = self
             .write(job(move |mut tx| {
                 let name = name.clone();
                 Box::pin(async move {
+                    let now = tx.now();
                     let disabled = on_conn!(&mut tx, c => sqlx::query(
                         "UPDATE agent_accounts SET disabled_at = $2, updated_at = $2
                          WHERE name = $1 AND disabled_at IS NULL",

@@ -11,9 +11,9 @@ use tandem_model::{
     MessageStatus, NewMessage, Part, Role, RunId, RunStatus, StepStatus, ThreadId, Visibility,
 };
 use tandem_scripted_llm::{RecordedRequest, Reply, ScriptedLlm};
-use tandem_store::micros;
+use tandem_store::{Clock, micros};
 use tandem_workflows::declarative::{DefinitionError, Services};
-use tandem_workflows::{Clock, Registry, load_definitions};
+use tandem_workflows::{Registry, load_definitions};
 
 use crate::support::{self, assert_mentions, eventually, journal, output, step, text};
 

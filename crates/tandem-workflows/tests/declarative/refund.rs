@@ -18,9 +18,10 @@ use serde_json::{Value, json};
 use tandem_model::{
     AssignedTo, AuthorKind, EventSource, RunId, RunStatus, StepStatus, ThreadId, Visibility,
 };
+use tandem_store::Clock;
 use tandem_workflows::declarative::{DefinitionError, MAX_EXECUTED_STEPS, Services};
 use tandem_workflows::engine::RunState;
-use tandem_workflows::{Clock, Registry, Signer, load_definitions};
+use tandem_workflows::{Registry, Signer, load_definitions};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::support::{self, PUBLIC_URL, assert_mentions, journal, step, text};

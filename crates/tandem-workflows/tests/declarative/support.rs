@@ -12,11 +12,12 @@ use serde_json::{Value, json};
 use tandem_model::{
     AssignedTo, Content, Message, MessageFilter, NewThread, RunId, RunStatus, StepStatus, ThreadId,
 };
+use tandem_store::ManualClock;
 use tandem_store::testing::TestDatabase;
 use tandem_store::{DatabaseOptions, Store, Synchronous};
 use tandem_workflows::declarative::Services;
 use tandem_workflows::engine::RunState;
-use tandem_workflows::{Engine, EngineConfig, ManualClock, Registry, Signer, load_definitions};
+use tandem_workflows::{Engine, EngineConfig, Registry, Signer, load_definitions};
 
 /// The public URL resume URLs start with.
 pub const PUBLIC_URL: &str = "http://tandem.test";
@@ -47,7 +48,10 @@ impl<R> Harness<R> {
             synchronous: Synchronous::Normal,
             ..db.options()
         };
-        let store = Store::connect(&options).await.expect("connect");
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let store = Store::connect_with_clock(&options, clock.clone())
+            .await
+            .expect("connect");
         store.migrate().await.expect("migrate");
 
         let definitions = dir.path().join("workflows");
@@ -55,9 +59,8 @@ impl<R> Harness<R> {
         for (name, source) in files {
             std::fs::write(definitions.join(name), source).expect("write the definitions");
         }
-        let clock = Arc::new(ManualClock::new(Utc::now()));
         let signer = Signer::new("test-secret", PUBLIC_URL, Duration::from_secs(300));
-        let engine = engine(&store, &definitions, &clock, &signer, &services).await;
+        let engine = engine(&store, &definitions, &signer, &services).await;
         Self {
             dir,
             db,
@@ -81,7 +84,6 @@ impl<R> Harness<R> {
         self.engine = engine(
             &self.store,
             &self.definitions(),
-            &self.clock,
             &self.signer,
             &self.services,
         )
@@ -199,13 +201,8 @@ impl<R> Harness<R> {
     }
 }
 
-async fn engine(
-    store: &Store,
-    dir: &Path,
-    clock: &Arc<ManualClock>,
-    signer: &Signer,
-    services: &Services,
-) -> Engine {
+/// An engine on `store`, whose clock it follows.
+async fn engine(store: &Store, dir: &Path, signer: &Signer, services: &Services) -> Engine {
     let mut registry = Registry::new();
     load_definitions(store, dir, &mut registry, services)
         .await
@@ -214,13 +211,7 @@ async fn engine(
         poll_interval_ms: 50,
         ..EngineConfig::default()
     };
-    let engine = Engine::new(
-        store.clone(),
-        registry,
-        &config,
-        clock.clone(),
-        signer.clone(),
-    );
+    let engine = Engine::new(store.clone(), registry, &config, signer.clone());
     engine.start().await.expect("start the engine");
     engine
 }

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tandem_model::{RunId, RunStatus};
-use tandem_store::Store;
 use tandem_store::testing::TestDatabase;
-use tandem_workflows::{Clock, Engine, EngineConfig, ManualClock, Registry, RunState, Signer};
+use tandem_store::{Clock, ManualClock, Store};
+use tandem_workflows::{Engine, EngineConfig, Registry, RunState, Signer};
 
 /// Calls counted by name.
 #[derive(Clone, Default)]
@@ -56,9 +56,11 @@ impl Harness {
         let clock = Arc::new(ManualClock::new(
             "2026-01-01T00:00:00Z".parse().expect("time"),
         ));
-        let store = Store::connect(&db.options()).await.expect("connect");
+        let store = Store::connect_with_clock(&db.options(), clock.clone())
+            .await
+            .expect("connect");
         store.migrate().await.expect("migrate");
-        let engine = new_engine(&store, registry(), &config, &clock);
+        let engine = new_engine(&store, registry(), &config);
         engine.start().await.expect("start");
         Self {
             store,
@@ -74,7 +76,7 @@ impl Harness {
         self.db.is_postgres()
     }
 
-    /// Another process on the same database.
+    /// Another process on the same database (on its own, system, clock).
     pub async fn second_node(&self) -> Store {
         Store::connect(&self.db.options()).await.expect("connect")
     }
@@ -91,8 +93,10 @@ impl Harness {
 
     /// A new process on the same database, with the registry built anew.
     pub async fn start_again(&mut self) {
-        self.store = Store::connect(&self.db.options()).await.expect("connect");
-        self.engine = new_engine(&self.store, (self.registry)(), &self.config, &self.clock);
+        self.store = Store::connect_with_clock(&self.db.options(), self.clock.clone())
+            .await
+            .expect("connect");
+        self.engine = new_engine(&self.store, (self.registry)(), &self.config);
         self.engine.start().await.expect("start");
     }
 
@@ -140,18 +144,14 @@ impl Harness {
     }
 }
 
-fn new_engine(
-    store: &Store,
-    registry: Registry,
-    config: &EngineConfig,
-    clock: &Arc<ManualClock>,
-) -> Engine {
+/// An engine on `store`, whose clock it follows.
+fn new_engine(store: &Store, registry: Registry, config: &EngineConfig) -> Engine {
     let signer = Signer::new(
         "test-secret",
         "http://127.0.0.1:1",
         Duration::from_secs(300),
     );
-    Engine::new(store.clone(), registry, config, clock.clone(), signer)
+    Engine::new(store.clone(), registry, config, signer)
 }
 
 /// Waits for a condition that other tasks make true.

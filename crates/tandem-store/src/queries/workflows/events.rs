@@ -93,7 +93,7 @@ pub(crate) async fn deliver_in(
         run_columns!()
     );
     let id = EventId::new();
-    let received_at = crate::queries::now();
+    let received_at = tx.now();
     let inserted = on_conn!(tx, c => sqlx::query(
         "INSERT INTO workflow_events
              (id, run_id, name, payload, source, delivery, consumed_seq, received_at)

@@ -61,7 +61,7 @@ async fn commit_in(tx: &mut Tx<'_>, commit: StepCommit) -> Result<Committed, Sto
         now,
         lease_until,
     } = commit;
-    let updated_at = crate::queries::now();
+    let updated_at = tx.now();
     let before = on_conn!(tx, c => sqlx::query_as::<_, RunRow>(FENCE)
         .bind(lease.run_id)
         .bind(&lease.owner)
@@ -360,7 +360,7 @@ pub(crate) async fn assign_in(tx: &mut Tx<'_>, new: NewAssignment) -> Result<Thr
         "UPDATE threads SET assigned_to = $2, assignee = $3, updated_at = $4 WHERE id = $1 RETURNING ",
         crate::queries::threads::thread_columns!()
     );
-    let now = crate::queries::now();
+    let now = tx.now();
     let thread = on_conn!(tx, c => sqlx::query_as::<_, Thread>(SQL)
         .bind(new.thread_id)
         .bind(new.assigned_to)

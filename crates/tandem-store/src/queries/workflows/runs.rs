@@ -115,7 +115,7 @@ impl Store {
             .write(job(move |mut tx| {
                 let (owner, name, versions) = (owner.clone(), name.clone(), versions.clone());
                 Box::pin(async move {
-                    let updated = crate::queries::now();
+                    let updated = tx.now();
                     let rows = match &mut tx.conn {
                         Conn::Postgres(c) => {
                             sqlx::query_as::<_, RunRow>(PG_CLAIM)
@@ -461,10 +461,11 @@ impl Store {
             Box::pin(async move {
                 let run = lock_run(&mut tx, id).await?;
                 allowed(&run)?;
+                let updated_at = tx.now();
                 let row = on_conn!(&mut tx, c => sqlx::query_as::<_, RunRow>(&update)
                     .bind(id)
                     .bind(now)
-                    .bind(crate::queries::now())
+                    .bind(updated_at)
                     .fetch_one(c)
                     .await)?;
                 let run = WorkflowRun::from(row);
@@ -507,6 +508,7 @@ pub(crate) async fn insert_run(
     let id = RunId::new();
     let (owner, until) = claim_for.unzip();
     let generation = i64::from(owner.is_some());
+    let created_at = tx.now();
     let row = on_conn!(tx, c => sqlx::query_as::<_, RunRow>(SQL)
         .bind(id)
         .bind(&new.name)
@@ -517,7 +519,7 @@ pub(crate) async fn insert_run(
         .bind(until)
         .bind(generation)
         .bind(new.has_on_complete)
-        .bind(crate::queries::now())
+        .bind(created_at)
         .fetch_one(c)
         .await)?;
     let run = WorkflowRun::from(row);

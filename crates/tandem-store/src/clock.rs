@@ -1,5 +1,12 @@
-//! Time as workflows see it: a seam, so timers, deadlines and retry
-//! backoff are tested by moving a clock rather than by sleeping.
+//! The one clock: a seam, so that timers, deadlines, retry backoff and the
+//! desk's sweeps are tested by moving a clock rather than by sleeping.
+//!
+//! A [`Store`](crate::Store) is given its clock when it connects; it stamps
+//! every row with it, and the workflow engine and the desk read the same
+//! one ([`Store::clock`](crate::Store::clock)). What must hold in real time
+//! stays on the wall clock instead: leases (other processes judge them by
+//! their own clocks) and the expiry of credentials (tokens, sign-in
+//! sessions, WebSocket tickets, hook timestamps).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -8,7 +15,8 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 
-/// The clock the engine reads `now` from and waits on.
+/// The clock the store stamps rows with, and the engine and the desk read
+/// `now` from and wait on.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> DateTime<Utc>;
     /// Resolves once `now()` has reached `at`.
